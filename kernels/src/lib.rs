@@ -1,0 +1,26 @@
+//! Compute kernels for llm-serve.
+//!
+//! Everything the model runtime does per token that is worth hand-writing
+//! lives here: quantized matrix products (SIMD dot products over GGML blocks,
+//! chosen at run time from the CPU's features), paged attention that reads
+//! K/V through block tables, rotary embeddings with per-token positions,
+//! RMSNorm and the fused SwiGLU activation. Kernels are plain functions over
+//! slices so they can be tested against naive references; `ops` wraps them as
+//! candle custom ops for the model code.
+
+pub mod activation;
+pub mod attention;
+pub mod buffer;
+pub mod cpu;
+mod error;
+pub mod matmul;
+pub mod norm;
+pub mod ops;
+pub mod quant;
+pub mod rope;
+pub mod threads;
+
+pub use error::{Error, Result};
+pub(crate) use error::shape_err;
+pub use matmul::QMatrix;
+pub use quant::WeightType;

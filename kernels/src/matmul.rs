@@ -1,0 +1,283 @@
+//! Weight matrices in any supported format and their product with f32
+//! activations.
+//!
+//! Two paths, picked by the number of activation rows `m`:
+//! - few rows (decode): activations are quantized to 8-bit blocks once, then
+//!   every weight row is dotted with every activation row by the SIMD
+//!   integer kernel, rows split across threads. The weights stream from
+//!   memory exactly once.
+//! - many rows (prefill): tiles of weight rows are dequantized to f32 and
+//!   multiplied with a cache-blocked f32 GEMM, tiles split across threads.
+
+use crate::buffer::AlignedBytes;
+use crate::quant::act::{ActFormat, QuantizedActs};
+use crate::quant::dequant::dequantize;
+use crate::quant::dot::{dot_fn, DotFn};
+use crate::quant::WeightType;
+use crate::{shape_err, Error, Result};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Up to this many activation rows take the quantized-dot path.
+pub const GEMV_MAX_ROWS: usize = 8;
+
+/// Weight rows dequantized per GEMM tile.
+const TILE_ROWS: usize = 64;
+
+/// A `rows x cols` weight matrix stored row-major in `wtype` blocks.
+#[derive(Clone)]
+pub struct QMatrix {
+    wtype: WeightType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    data: AlignedBytes,
+    dot: DotFn,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QMatrix({} x {}, {})", self.rows, self.cols, self.wtype)
+    }
+}
+
+impl QMatrix {
+    /// Wraps raw row-major block data (e.g. a GGUF tensor's bytes).
+    pub fn from_bytes(wtype: WeightType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
+        let row_bytes = wtype.row_bytes(cols)?;
+        if bytes.len() != rows * row_bytes {
+            return Err(Error::Invalid(format!(
+                "{rows} x {cols} {wtype} matrix needs {} bytes, got {}",
+                rows * row_bytes,
+                bytes.len()
+            )));
+        }
+        Ok(QMatrix {
+            wtype,
+            rows,
+            cols,
+            row_bytes,
+            data: AlignedBytes::from_slice(bytes),
+            dot: dot_fn(wtype),
+        })
+    }
+
+    /// An f32 matrix from row-major values.
+    pub fn from_f32(rows: usize, cols: usize, values: &[f32]) -> Result<Self> {
+        if values.len() != rows * cols {
+            return Err(shape_err(
+                "QMatrix::from_f32",
+                format!("{rows} x {cols} needs {} values, got {}", rows * cols, values.len()),
+            ));
+        }
+        let mut data = AlignedBytes::zeroed(values.len() * 4);
+        for (d, v) in data.as_mut_slice().chunks_exact_mut(4).zip(values) {
+            d.copy_from_slice(&v.to_le_bytes());
+        }
+        Ok(QMatrix {
+            wtype: WeightType::F32,
+            rows,
+            cols,
+            row_bytes: cols * 4,
+            data,
+            dot: dot_fn(WeightType::F32),
+        })
+    }
+
+    /// Stacks matrices with the same type and column count vertically (used
+    /// to fuse Q/K/V and gate/up projections into one product).
+    pub fn concat_rows(parts: &[&QMatrix]) -> Result<Self> {
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::Invalid("concat_rows of nothing".into()))?;
+        if let Some(bad) = parts
+            .iter()
+            .find(|p| p.wtype != first.wtype || p.cols != first.cols)
+        {
+            return Err(shape_err(
+                "concat_rows",
+                format!("{bad:?} does not stack with {first:?}"),
+            ));
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let mut bytes = Vec::with_capacity(rows * first.row_bytes);
+        for p in parts {
+            bytes.extend_from_slice(p.data.as_slice());
+        }
+        QMatrix::from_bytes(first.wtype, rows, first.cols, &bytes)
+    }
+
+    pub fn wtype(&self) -> WeightType {
+        self.wtype
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes of storage.
+    pub fn storage_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Raw blocks of row `r`.
+    pub fn row(&self, r: usize) -> &[u8] {
+        &self.data.as_slice()[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// Dequantizes row `r` into `out` (`cols` values).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<()> {
+        if r >= self.rows || out.len() != self.cols {
+            return Err(shape_err(
+                "dequantize_row",
+                format!("row {r} of {self:?} into {} values", out.len()),
+            ));
+        }
+        dequantize(self.wtype, self.row(r), out);
+        Ok(())
+    }
+
+    /// All values as f32, row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        dequantize(self.wtype, self.data.as_slice(), &mut out);
+        out
+    }
+
+    /// `out[m, rows] = x[m, cols] * self^T`.
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+        if x.len() != m * self.cols || out.len() != m * self.rows {
+            return Err(shape_err(
+                "matmul",
+                format!(
+                    "x has {} values and out {} for m = {m} against {self:?}",
+                    x.len(),
+                    out.len()
+                ),
+            ));
+        }
+        if m == 0 {
+            return Ok(());
+        }
+        if m <= GEMV_MAX_ROWS {
+            self.matmul_dot(x, m, out);
+        } else {
+            self.matmul_gemm(x, m, out);
+        }
+        Ok(())
+    }
+
+    /// The quantized-dot path (also used directly by tests and benchmarks).
+    pub fn matmul_dot(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        thread_local! {
+            static ACTS: RefCell<QuantizedActs> = RefCell::new(QuantizedActs::default());
+        }
+        ACTS.with(|acts| {
+            let mut acts = acts.borrow_mut();
+            acts.quantize(ActFormat::for_weight(self.wtype), x, m, self.cols);
+            let acts = &*acts;
+            let n = self.rows;
+            let per_task = rows_per_task(n);
+            if m == 1 {
+                out.par_chunks_mut(per_task).enumerate().for_each(|(c, o)| {
+                    let r0 = c * per_task;
+                    let a = acts.row(0);
+                    for (i, v) in o.iter_mut().enumerate() {
+                        *v = (self.dot)(self.row(r0 + i), a);
+                    }
+                });
+                return;
+            }
+            let mut out_t = vec![0f32; n * m];
+            out_t
+                .par_chunks_mut(per_task * m)
+                .enumerate()
+                .for_each(|(c, o)| {
+                    let r0 = c * per_task;
+                    for (i, row_out) in o.chunks_exact_mut(m).enumerate() {
+                        let w = self.row(r0 + i);
+                        for (t, v) in row_out.iter_mut().enumerate() {
+                            *v = (self.dot)(w, acts.row(t));
+                        }
+                    }
+                });
+            for (r, row) in out_t.chunks_exact(m).enumerate() {
+                for (t, v) in row.iter().enumerate() {
+                    out[t * n + r] = *v;
+                }
+            }
+        })
+    }
+
+    /// The dequantize-and-GEMM path.
+    pub fn matmul_gemm(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        thread_local! {
+            static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+        }
+        let n = self.rows;
+        let k = self.cols;
+        let dst = SharedOut(out.as_mut_ptr());
+        let tiles = n.div_ceil(TILE_ROWS);
+        (0..tiles).into_par_iter().for_each(|t| {
+            let r0 = t * TILE_ROWS;
+            let nt = TILE_ROWS.min(n - r0);
+            TILE.with(|tile| {
+                let mut tile = tile.borrow_mut();
+                tile.resize(nt * k, 0.0);
+                dequantize(
+                    self.wtype,
+                    &self.data.as_slice()[r0 * self.row_bytes..(r0 + nt) * self.row_bytes],
+                    &mut tile[..nt * k],
+                );
+                // SAFETY: dst points to `m x n` f32s; this task writes only
+                // columns r0..r0+nt, which no other task touches. lhs is
+                // `m x k` row-major, rhs the tile viewed as `k x nt`.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        nt,
+                        k,
+                        dst.at(r0),
+                        1,
+                        n as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        tile.as_ptr(),
+                        k as isize,
+                        1,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            });
+        });
+    }
+}
+
+fn rows_per_task(n: usize) -> usize {
+    let tasks = rayon::current_num_threads() * 4;
+    n.div_ceil(tasks).max(16)
+}
+
+/// The output pointer shared by GEMM tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint regions (see matmul_gemm).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+impl SharedOut {
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: offset < n, inside the m x n output.
+        unsafe { self.0.add(offset) }
+    }
+}

@@ -1,0 +1,108 @@
+//! Weight-matrix products: both paths against f32 arithmetic, row fusion.
+
+mod common;
+use candle_core::quantized::QTensor;
+use candle_core::{Device, Tensor};
+use common::*;
+use llm_serve_kernels::{QMatrix, WeightType};
+
+fn matrix(wtype: WeightType, rows: usize, cols: usize, values: &[f32]) -> QMatrix {
+    if wtype == WeightType::F32 {
+        return QMatrix::from_f32(rows, cols, values).unwrap();
+    }
+    let t = Tensor::from_slice(values, (rows, cols), &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&t, wtype.to_ggml()).unwrap();
+    QMatrix::from_bytes(wtype, rows, cols, &q.data().unwrap()).unwrap()
+}
+
+fn naive(w: &[f32], x: &[f32], m: usize, rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * rows];
+    for t in 0..m {
+        for r in 0..rows {
+            out[t * rows + r] = (0..cols)
+                .map(|k| x[t * cols + k] as f64 * w[r * cols + k] as f64)
+                .sum::<f64>() as f32;
+        }
+    }
+    out
+}
+
+#[test]
+fn gemm_path_is_exact_f32_on_the_dequantized_weights() {
+    let mut r = rng(10);
+    let (rows, cols) = (150, 512);
+    for wtype in WeightType::ALL {
+        let w = randn(&mut r, rows * cols, 1.0);
+        let q = matrix(wtype, rows, cols, &w);
+        let wd = q.to_f32();
+        for m in [9usize, 33] {
+            let x = randn(&mut r, m * cols, 1.0);
+            let mut out = vec![0f32; m * rows];
+            q.matmul_gemm(&x, m, &mut out);
+            let expected = naive(&wd, &x, m, rows, cols);
+            let err = max_abs_diff(&out, &expected);
+            assert!(err <= 1e-3 * max_abs(&expected).max(1.0), "{wtype} m={m}: {err}");
+        }
+    }
+}
+
+#[test]
+fn dot_path_tracks_f32_within_activation_quantization_error() {
+    let mut r = rng(11);
+    let (rows, cols) = (70, 768);
+    for wtype in WeightType::ALL {
+        let w = randn(&mut r, rows * cols, 1.0);
+        let q = matrix(wtype, rows, cols, &w);
+        let wd = q.to_f32();
+        for m in [1usize, 3, 8] {
+            let x = randn(&mut r, m * cols, 1.0);
+            let mut out = vec![0f32; m * rows];
+            q.matmul(&x, m, &mut out).unwrap();
+            let expected = naive(&wd, &x, m, rows, cols);
+            // 8-bit activations: error ~ |w| |x| / 127 * sqrt(cols).
+            let err = max_abs_diff(&out, &expected);
+            let bound = if matches!(wtype, WeightType::F32 | WeightType::F16 | WeightType::BF16 | WeightType::Q2K | WeightType::Q3K) {
+                1e-3 * max_abs(&expected).max(1.0)
+            } else {
+                0.05 * max_abs(&expected).max(1.0)
+            };
+            assert!(err <= bound, "{wtype} m={m}: {err} > {bound}");
+        }
+    }
+}
+
+#[test]
+fn both_paths_agree_around_the_switch() {
+    let mut r = rng(12);
+    let (rows, cols) = (300, 576);
+    let w = randn(&mut r, rows * cols, 1.0);
+    let q = matrix(WeightType::Q4_1, rows, cols, &w);
+    let m = llm_serve_kernels::matmul::GEMV_MAX_ROWS;
+    let x = randn(&mut r, m * cols, 1.0);
+    let mut a = vec![0f32; m * rows];
+    let mut b = vec![0f32; m * rows];
+    q.matmul_dot(&x, m, &mut a);
+    q.matmul_gemm(&x, m, &mut b);
+    assert!(max_abs_diff(&a, &b) <= 0.05 * max_abs(&b));
+}
+
+#[test]
+fn concat_rows_stacks_and_rejects_mismatches() {
+    let mut r = rng(13);
+    let a = matrix(WeightType::Q8_0, 4, 64, &randn(&mut r, 256, 1.0));
+    let b = matrix(WeightType::Q8_0, 6, 64, &randn(&mut r, 384, 1.0));
+    let c = QMatrix::concat_rows(&[&a, &b]).unwrap();
+    assert_eq!((c.rows(), c.cols()), (10, 64));
+    assert_eq!(c.row(7), b.row(3));
+    let other = matrix(WeightType::Q4_0, 2, 64, &randn(&mut r, 128, 1.0));
+    assert!(QMatrix::concat_rows(&[&a, &other]).is_err());
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    assert!(QMatrix::from_bytes(WeightType::Q4_0, 2, 33, &[0u8; 36]).is_err());
+    assert!(QMatrix::from_bytes(WeightType::Q4_0, 2, 32, &[0u8; 35]).is_err());
+    let q = QMatrix::from_f32(2, 4, &[0.0; 8]).unwrap();
+    let mut out = vec![0f32; 2];
+    assert!(q.matmul(&[0.0; 3], 1, &mut out).is_err());
+}
