@@ -1,1 +1,26 @@
-//! placeholder
+//! Model architectures and weight loading for llm-serve.
+//!
+//! A model is resolved from a source (a GGUF file, a Hugging Face directory
+//! or a hub id), its weights are loaded into the kernels' matrix formats, and
+//! its forward pass runs a *ragged batch*: the new tokens of several
+//! sequences (prefill chunks and single decode tokens at different
+//! positions) in one call over a paged KV cache.
+
+mod batch;
+mod config;
+mod error;
+mod gguf;
+mod kv_cache;
+mod llama;
+mod linear;
+mod rope_scaling;
+mod safetensors_store;
+mod source;
+
+pub use batch::{LogitsWanted, SeqInput};
+pub use candle_core::quantized::gguf_file;
+pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use error::{ModelError, Result};
+pub use kv_cache::{CacheDtype, KvCache};
+pub use llama::Model;
+pub use source::{ModelFiles, ModelSource, WeightsFormat};
