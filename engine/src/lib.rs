@@ -1,1 +1,17 @@
-//! placeholder
+//! The inference engine: tokenizer and chat template, sampler, output
+//! processing (incremental text, stop conditions), and generation over the
+//! model runtime.
+
+pub mod chat_template;
+mod error;
+pub mod generate;
+pub mod output;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use chat_template::{ChatTemplate, TemplateArgs};
+pub use error::{EngineError, Result};
+pub use generate::{Generation, Generator};
+pub use output::{FinishReason, OutputState, TokenUpdate};
+pub use sampling::{Sampled, SamplingParams, SequenceSampler};
+pub use tokenizer::Tokenizer;

@@ -1,0 +1,8 @@
+//! Sampling with vLLM's semantics: parameters and their validation, and the
+//! per-sequence sampler that turns a row of logits into the next token.
+
+mod params;
+mod sampler;
+
+pub use params::{SamplingParams, MAX_LOGPROBS};
+pub use sampler::{Sampled, SequenceSampler};

@@ -1,0 +1,207 @@
+//! The per-sequence sampler: logits processors in vLLM's order, then
+//! greedy or seeded random sampling, plus logprobs of the raw logits.
+//!
+//! Order: min_tokens (stop tokens banned) -> logit_bias -> repetition,
+//! frequency and presence penalties -> greedy argmax, or temperature ->
+//! min_p -> top_k -> top_p -> sample.
+
+use super::params::SamplingParams;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{HashMap, HashSet};
+
+/// The chosen token and, when asked for, logprobs of the raw logits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampled {
+    pub token: u32,
+    /// Log-probability of `token` under the model (unprocessed logits).
+    pub logprob: f32,
+    /// The most likely tokens and their log-probabilities, best first.
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+pub struct SequenceSampler {
+    params: SamplingParams,
+    rng: ChaCha8Rng,
+    /// Times each token was generated so far.
+    output_counts: HashMap<u32, u32>,
+    /// Tokens of prompt and output (repetition penalty).
+    seen: HashSet<u32>,
+    /// Tokens banned until `min_tokens` are out.
+    stop_ids: Vec<u32>,
+    generated: usize,
+}
+
+impl SequenceSampler {
+    /// `index` distinguishes the `n` samples of one request: each gets its
+    /// own stream from the same seed.
+    pub fn new(params: &SamplingParams, prompt: &[u32], eos_ids: &[u32], index: usize) -> Self {
+        let rng = match params.seed {
+            Some(seed) => {
+                let mut r = ChaCha8Rng::seed_from_u64(seed);
+                r.set_stream(index as u64);
+                r
+            }
+            None => ChaCha8Rng::from_os_rng(),
+        };
+        let mut stop_ids: Vec<u32> = params.stop_token_ids.clone();
+        if !params.ignore_eos {
+            stop_ids.extend_from_slice(eos_ids);
+        }
+        let seen = if params.repetition_penalty != 1.0 {
+            prompt.iter().copied().collect()
+        } else {
+            HashSet::new()
+        };
+        SequenceSampler {
+            params: params.clone(),
+            rng,
+            output_counts: HashMap::new(),
+            seen,
+            stop_ids,
+            generated: 0,
+        }
+    }
+
+    /// Picks the next token from the model's raw logits for this position.
+    pub fn sample(&mut self, logits: &[f32]) -> Sampled {
+        let p = &self.params;
+        let mut x = logits.to_vec();
+        if self.generated < p.min_tokens {
+            for &id in &self.stop_ids {
+                if let Some(v) = x.get_mut(id as usize) {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+        for (&id, &bias) in &p.logit_bias {
+            if let Some(v) = x.get_mut(id as usize) {
+                *v += bias.clamp(-100.0, 100.0);
+            }
+        }
+        if p.repetition_penalty != 1.0 {
+            for &id in &self.seen {
+                if let Some(v) = x.get_mut(id as usize) {
+                    *v = if *v > 0.0 { *v / p.repetition_penalty } else { *v * p.repetition_penalty };
+                }
+            }
+        }
+        if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+            for (&id, &c) in &self.output_counts {
+                if let Some(v) = x.get_mut(id as usize) {
+                    *v -= p.frequency_penalty * c as f32 + p.presence_penalty;
+                }
+            }
+        }
+        let token = if p.is_greedy() {
+            argmax(&x)
+        } else {
+            self.sample_random(&mut x)
+        };
+        let p = &self.params;
+        let (logprob, top_logprobs) = match p.logprobs {
+            Some(k) => raw_logprobs(logits, token, k),
+            None => (0.0, Vec::new()),
+        };
+        self.generated += 1;
+        *self.output_counts.entry(token).or_insert(0) += 1;
+        if p.repetition_penalty != 1.0 {
+            self.seen.insert(token);
+        }
+        Sampled {
+            token,
+            logprob,
+            top_logprobs,
+        }
+    }
+
+    fn sample_random(&mut self, x: &mut [f32]) -> u32 {
+        let p = &self.params;
+        let inv_t = 1.0 / p.temperature;
+        // Candidates sorted by logit, best first; filters cut the tail.
+        let mut cand: Vec<(u32, f32)> = x
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_finite())
+            .map(|(i, v)| (i as u32, v * inv_t))
+            .collect();
+        if cand.is_empty() {
+            return argmax(x);
+        }
+        let k = if p.top_k > 0 { (p.top_k as usize).min(cand.len()) } else { cand.len() };
+        if k < cand.len() {
+            cand.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+            cand.truncate(k);
+        }
+        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let max = cand[0].1;
+        let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 - max) as f64).exp()).collect();
+        let z: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|q| *q /= z);
+        // min_p: drop tokens less likely than min_p times the most likely
+        // one, i.e. whose scaled logit is below max + ln(min_p). Relative to
+        // the maximum, so it commutes with top-k.
+        if p.min_p > 0.0 {
+            let floor = max + p.min_p.ln();
+            let cut = cand.iter().position(|c| c.1 < floor).unwrap_or(cand.len()).max(1);
+            probs.truncate(cut);
+            cand.truncate(cut);
+        }
+        if p.top_p < 1.0 {
+            let total: f64 = probs.iter().sum();
+            let mut cum = 0.0;
+            let mut cut = probs.len();
+            for (i, q) in probs.iter().enumerate() {
+                if cum >= p.top_p as f64 * total {
+                    cut = i;
+                    break;
+                }
+                cum += q;
+            }
+            probs.truncate(cut.max(1));
+            cand.truncate(cut.max(1));
+        }
+        let total: f64 = probs.iter().sum();
+        let mut u = self.rng.random::<f64>() * total;
+        for (c, q) in cand.iter().zip(&probs) {
+            if u < *q {
+                return c.0;
+            }
+            u -= q;
+        }
+        cand[cand.len() - 1].0
+    }
+}
+
+/// First index of the maximum (ties go to the lower id, as torch.argmax).
+fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, v) in x.iter().enumerate() {
+        if *v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Log-softmax of `logits` at `token`, and the `k` most likely tokens.
+fn raw_logprobs(logits: &[f32], token: u32, k: usize) -> (f32, Vec<(u32, f32)>) {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max as f64
+        + logits
+            .iter()
+            .map(|v| ((v - max) as f64).exp())
+            .sum::<f64>()
+            .ln();
+    let lp = |v: f32| (v as f64 - lse) as f32;
+    let chosen = logits.get(token as usize).map(|&v| lp(v)).unwrap_or(f32::NEG_INFINITY);
+    let mut top: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+    let k = k.min(top.len());
+    if k == 0 {
+        return (chosen, Vec::new());
+    }
+    top.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    top.truncate(k);
+    top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    (chosen, top.into_iter().map(|(i, v)| (i, lp(v))).collect())
+}

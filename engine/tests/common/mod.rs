@@ -1,0 +1,51 @@
+//! Helpers shared by the engine tests: fixtures and the default model.
+#![allow(dead_code)]
+
+use llm_serve_engine::Tokenizer;
+use llm_serve_models::{Model, ModelFiles};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+pub fn read_json(rel: &str) -> serde_json::Value {
+    let p = fixtures().join(rel);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The default model's GGUF (fetched by scripts/fetch-default-model.sh).
+pub fn default_model_path() -> PathBuf {
+    let dir = std::env::var("LLM_SERVE_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/llm-serve/models")
+        });
+    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-default-model.sh first",
+        p.display()
+    );
+    p
+}
+
+pub struct Loaded {
+    pub files: ModelFiles,
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+}
+
+/// The default model, loaded once per test binary.
+pub fn default_model() -> &'static Loaded {
+    static M: OnceLock<Loaded> = OnceLock::new();
+    M.get_or_init(|| {
+        llm_serve_kernels::threads::init(2);
+        let files = ModelFiles::resolve(default_model_path().to_str().unwrap()).unwrap();
+        let model = Model::load(&files, Some(4096)).unwrap();
+        let tokenizer = Tokenizer::load(&files, model.gguf_metadata()).unwrap();
+        Loaded { files, model, tokenizer }
+    })
+}
