@@ -4,10 +4,10 @@
 //! Python's separators, `strftime_now`, loop controls, namespaces).
 
 use crate::error::{EngineError, Result};
-use minijinja::value::{Kwargs, Value, ValueKind};
-use minijinja::syntax::SyntaxConfig;
-use minijinja::{Environment, ErrorKind};
 use chrono::NaiveDateTime;
+use minijinja::syntax::SyntaxConfig;
+use minijinja::value::{Kwargs, Value, ValueKind};
+use minijinja::{Environment, ErrorKind};
 use serde_json::Value as Json;
 use std::sync::{Arc, RwLock};
 
@@ -120,7 +120,10 @@ impl ChatTemplate {
         }
         let mut ctx = serde_json::Map::new();
         ctx.insert("messages".into(), Json::Array(messages.to_vec()));
-        ctx.insert("add_generation_prompt".into(), Json::Bool(args.add_generation_prompt));
+        ctx.insert(
+            "add_generation_prompt".into(),
+            Json::Bool(args.add_generation_prompt),
+        );
         ctx.insert("bos_token".into(), Json::String(self.bos_token.clone()));
         ctx.insert("eos_token".into(), Json::String(self.eos_token.clone()));
         if let Some(t) = &args.tools {
@@ -188,7 +191,12 @@ fn flatten_content(msg: &Json) -> Json {
 fn detect_content_format(src: &str) -> ContentFormat {
     let compact: String = src.split_whitespace().collect::<Vec<_>>().join(" ");
     for head in ["content", "content']", "content\"]"] {
-        for test in [" is string", " is not string", " is iterable", " is sequence"] {
+        for test in [
+            " is string",
+            " is not string",
+            " is iterable",
+            " is sequence",
+        ] {
             if compact.contains(&format!("{head}{test}")) {
                 return ContentFormat::OpenAi;
             }
@@ -198,7 +206,10 @@ fn detect_content_format(src: &str) -> ContentFormat {
         let head: String = compact[i..].chars().take(80).collect();
         if let Some(end) = head.find("%}") {
             let clause = &head[..end];
-            if clause.contains("['content']") || clause.contains(".content") || clause.contains("[\"content\"]") {
+            if clause.contains("['content']")
+                || clause.contains(".content")
+                || clause.contains("[\"content\"]")
+            {
                 return ContentFormat::OpenAi;
             }
         }
@@ -287,7 +298,12 @@ fn newline(opts: &JsonOpts, depth: usize, out: &mut String) {
     }
 }
 
-fn dump(v: &Value, opts: &JsonOpts, depth: usize, out: &mut String) -> std::result::Result<(), minijinja::Error> {
+fn dump(
+    v: &Value,
+    opts: &JsonOpts,
+    depth: usize,
+    out: &mut String,
+) -> std::result::Result<(), minijinja::Error> {
     match v.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
@@ -354,7 +370,11 @@ fn python_float(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     if f == f.trunc() && f.abs() < 1e16 {
         return format!("{f:.1}");

@@ -79,7 +79,10 @@ impl<'m> Generator<'m> {
 
     fn cache_for(&mut self, tokens: usize) -> Result<&mut KvCache> {
         let blocks = tokens.div_ceil(BLOCK_SIZE);
-        let fits = self.cache.as_ref().is_some_and(|c| c.num_blocks() >= blocks);
+        let fits = self
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.num_blocks() >= blocks);
         if !fits {
             self.cache = None;
             self.cache = Some(KvCache::new(
@@ -107,7 +110,10 @@ impl<'m> Generator<'m> {
         let max_len = model.max_model_len();
         params.validate(model.config().vocab_size)?;
         if params.n != 1 {
-            return Err(invalid("n", "the generator produces one completion per call (n = 1)"));
+            return Err(invalid(
+                "n",
+                "the generator produces one completion per call (n = 1)",
+            ));
         }
         check_prompt_length(prompt.len(), params.max_tokens, max_len)?;
         let budget = params.max_tokens.unwrap_or(max_len - prompt.len());
@@ -127,7 +133,11 @@ impl<'m> Generator<'m> {
                     tokens: &prompt[pos..end],
                     start_pos: pos,
                     block_table: &table,
-                    logits: if end == prompt.len() { LogitsWanted::Last } else { LogitsWanted::None },
+                    logits: if end == prompt.len() {
+                        LogitsWanted::Last
+                    } else {
+                        LogitsWanted::None
+                    },
                 }],
                 cache,
             )?;

@@ -2,9 +2,9 @@
 //! (never half a character, never part of a stop string that may still
 //! complete), and when and why generation ends.
 
+use crate::error::Result;
 use crate::sampling::SamplingParams;
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
-use crate::error::Result;
 
 /// Why a sequence stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,7 +86,11 @@ impl OutputState {
             generated: 0,
             context_len: prompt.len(),
             max_context,
-            eos_ids: if params.ignore_eos { Vec::new() } else { eos_ids.to_vec() },
+            eos_ids: if params.ignore_eos {
+                Vec::new()
+            } else {
+                eos_ids.to_vec()
+            },
             params: params.clone(),
             finished: None,
         }
@@ -125,14 +129,19 @@ impl OutputState {
             self.text.push_str(&delta);
             if past_min && !p.stop.is_empty() {
                 if let Some((pos, stop)) = find_stop(&self.text, &p.stop, search_from) {
-                    let end = if p.include_stop_str_in_output { pos + stop.len() } else { pos };
+                    let end = if p.include_stop_str_in_output {
+                        pos + stop.len()
+                    } else {
+                        pos
+                    };
                     self.text.truncate(end);
                     finished = Some(FinishReason::StopString(stop));
                 }
             }
         }
         if finished.is_none()
-            && (p.max_tokens.is_some_and(|m| self.generated >= m) || self.context_len >= self.max_context)
+            && (p.max_tokens.is_some_and(|m| self.generated >= m)
+                || self.context_len >= self.max_context)
         {
             finished = Some(FinishReason::Length);
         }

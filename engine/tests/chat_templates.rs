@@ -17,7 +17,8 @@ fn templates_render_like_transformers() {
     for c in cases {
         let id = c["id"].as_str().unwrap();
         let file = c["template"].as_str().unwrap();
-        let source = std::fs::read_to_string(common::fixtures().join("chat_templates").join(file)).unwrap();
+        let source =
+            std::fs::read_to_string(common::fixtures().join("chat_templates").join(file)).unwrap();
         let t = ChatTemplate::new(&source, None, None).unwrap_or_else(|e| panic!("{id}: {e}"));
         if let Some(now) = c["fixed_now"].as_str() {
             let now = chrono::NaiveDateTime::parse_from_str(now, "%Y-%m-%dT%H:%M:%S").unwrap();
@@ -32,7 +33,10 @@ fn templates_render_like_transformers() {
             }
             (None, Some(err)) => {
                 let e = got.expect_err(id).to_string();
-                assert!(e.contains(err.as_str().unwrap()), "{id}: {e:?} should mention {err}");
+                assert!(
+                    e.contains(err.as_str().unwrap()),
+                    "{id}: {e:?} should mention {err}"
+                );
             }
             _ => panic!("{id}: neither expected nor error"),
         }
@@ -43,12 +47,23 @@ fn templates_render_like_transformers() {
 
 #[test]
 fn template_errors_are_errors_not_panics() {
-    assert!(ChatTemplate::new("{% for x in %}", None, None).is_err(), "syntax error");
+    assert!(
+        ChatTemplate::new("{% for x in %}", None, None).is_err(),
+        "syntax error"
+    );
     let t = ChatTemplate::new("{{ raise_exception('no system role') }}", None, None).unwrap();
-    let e = t.render(&[], &TemplateArgs::default()).unwrap_err().to_string();
+    let e = t
+        .render(&[], &TemplateArgs::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no system role"), "{e}");
     let t = ChatTemplate::new("{{ messages[0].content.nope() }}", None, None).unwrap();
-    assert!(t.render(&[json!({"role": "user", "content": "x"})], &TemplateArgs::default()).is_err());
+    assert!(t
+        .render(
+            &[json!({"role": "user", "content": "x"})],
+            &TemplateArgs::default()
+        )
+        .is_err());
 }
 
 #[test]
@@ -61,15 +76,33 @@ fn list_content_is_joined_for_string_templates() {
     assert_eq!(t.content_format(), ContentFormat::String);
     let parts = json!({"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]});
     let plain = json!({"role": "user", "content": "a\nb"});
-    let args = TemplateArgs { add_generation_prompt: true, ..Default::default() };
-    assert_eq!(t.render(&[parts], &args).unwrap(), t.render(&[plain], &args).unwrap());
-    let qwen35 = std::fs::read_to_string(common::fixtures().join("chat_templates/Qwen3.5-4B.jinja")).unwrap();
-    assert_eq!(ChatTemplate::new(&qwen35, None, None).unwrap().content_format(), ContentFormat::OpenAi);
+    let args = TemplateArgs {
+        add_generation_prompt: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        t.render(&[parts], &args).unwrap(),
+        t.render(&[plain], &args).unwrap()
+    );
+    let qwen35 =
+        std::fs::read_to_string(common::fixtures().join("chat_templates/Qwen3.5-4B.jinja"))
+            .unwrap();
+    assert_eq!(
+        ChatTemplate::new(&qwen35, None, None)
+            .unwrap()
+            .content_format(),
+        ContentFormat::OpenAi
+    );
 }
 
 #[test]
 fn tojson_uses_python_separators_and_keeps_key_order() {
-    let t = ChatTemplate::new("{{ tools | tojson }}|{{ tools[0] | tojson(indent=2) }}", None, None).unwrap();
+    let t = ChatTemplate::new(
+        "{{ tools | tojson }}|{{ tools[0] | tojson(indent=2) }}",
+        None,
+        None,
+    )
+    .unwrap();
     let args = TemplateArgs {
         tools: Some(json!([{"name": "f", "b": [1, 2.5, "é\n"], "a": null}])),
         ..Default::default()
@@ -88,11 +121,27 @@ fn continue_final_message_leaves_the_turn_open() {
     )
     .unwrap();
     let t = ChatTemplate::new(&smol, None, None).unwrap();
-    let msgs = [json!({"role": "user", "content": "Hi"}), json!({"role": "assistant", "content": "Hello, I am"})];
+    let msgs = [
+        json!({"role": "user", "content": "Hi"}),
+        json!({"role": "assistant", "content": "Hello, I am"}),
+    ];
     let out = t
-        .render(&msgs, &TemplateArgs { continue_final_message: true, ..Default::default() })
+        .render(
+            &msgs,
+            &TemplateArgs {
+                continue_final_message: true,
+                ..Default::default()
+            },
+        )
         .unwrap();
-    assert!(out.ends_with("<|im_start|>assistant\nHello, I am"), "{out:?}");
-    let both = TemplateArgs { continue_final_message: true, add_generation_prompt: true, ..Default::default() };
+    assert!(
+        out.ends_with("<|im_start|>assistant\nHello, I am"),
+        "{out:?}"
+    );
+    let both = TemplateArgs {
+        continue_final_message: true,
+        add_generation_prompt: true,
+        ..Default::default()
+    };
     assert!(t.render(&msgs, &both).is_err());
 }

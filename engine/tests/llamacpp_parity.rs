@@ -29,15 +29,30 @@ fn greedy_tokens_match_llamacpp() {
         let name = case["name"].as_str().unwrap();
         let messages = case["messages"].as_array().unwrap().clone();
         let text = template
-            .render(&messages, &TemplateArgs { add_generation_prompt: true, ..Default::default() })
+            .render(
+                &messages,
+                &TemplateArgs {
+                    add_generation_prompt: true,
+                    ..Default::default()
+                },
+            )
             .unwrap();
-        assert_eq!(text, case["prompt_text"].as_str().unwrap(), "{name}: prompt text");
+        assert_eq!(
+            text,
+            case["prompt_text"].as_str().unwrap(),
+            "{name}: prompt text"
+        );
         let ids = m.tokenizer.encode(&text, false).unwrap();
         let want_prompt: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).unwrap();
         assert_eq!(ids, want_prompt, "{name}: prompt ids");
         let out = gen.generate(&ids, &params, |_| {}).unwrap();
         let want: Vec<u32> = serde_json::from_value(case["generated_ids"].clone()).unwrap();
-        let agree = out.tokens.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        let agree = out
+            .tokens
+            .iter()
+            .zip(&want)
+            .take_while(|(a, b)| a == b)
+            .count();
         eprintln!("{name}: {agree}/32 tokens agree with llama.cpp");
         if agree == 32 {
             full_matches.push(name.to_string());
@@ -54,5 +69,8 @@ fn greedy_tokens_match_llamacpp() {
         assert!(agree >= stable, "{name}: {agree} < stable prefix {stable}");
     }
     eprintln!("full matches: {full_matches:?}");
-    assert!(full_matches.len() >= 3, "only {full_matches:?} match llama.cpp for all 32 tokens");
+    assert!(
+        full_matches.len() >= 3,
+        "only {full_matches:?} match llama.cpp for all 32 tokens"
+    );
 }

@@ -28,7 +28,10 @@ fn check_incremental(tok: &Tokenizer, ids: &[u32], skip_special: bool, text: &st
     for &id in ids {
         let piece = d.push(tok, id).unwrap();
         if !full.contains('\u{FFFD}') {
-            assert!(!piece.contains('\u{FFFD}'), "{text:?}: broken UTF-8 piece {piece:?}");
+            assert!(
+                !piece.contains('\u{FFFD}'),
+                "{text:?}: broken UTF-8 piece {piece:?}"
+            );
         }
         pieces.push_str(&piece);
     }
@@ -45,9 +48,17 @@ fn smollm2_gguf_tokenizer_matches_llamacpp() {
     for c in cases {
         let text = c["text"].as_str().unwrap();
         let got = tok.encode(text, false).unwrap();
-        assert_eq!(got, ids(&c["ids_special"]), "{text:?} (special tokens parsed)");
+        assert_eq!(
+            got,
+            ids(&c["ids_special"]),
+            "{text:?} (special tokens parsed)"
+        );
         let plain = tok.encode_plain(text, false).unwrap();
-        assert_eq!(plain, ids(&c["ids_nospecial"]), "{text:?} (special tokens as text)");
+        assert_eq!(
+            plain,
+            ids(&c["ids_nospecial"]),
+            "{text:?} (special tokens as text)"
+        );
         assert_eq!(
             tok.decode(&got, false).unwrap(),
             c["detok_special"].as_str().unwrap(),
@@ -64,11 +75,18 @@ fn smollm2_chat_markup_is_one_token_per_special() {
     let ids = tok.encode("<|im_start|>assistant\n", false).unwrap();
     assert_eq!(ids[0], 1, "<|im_start|> is its own token");
     let spaced = tok.encode(" assistant", false).unwrap();
-    assert_ne!(ids[1], spaced[0], "the role after <|im_start|> must not get a leading space");
+    assert_ne!(
+        ids[1], spaced[0],
+        "the role after <|im_start|> must not get a leading space"
+    );
     assert_eq!(tok.decode(&ids[1..], false).unwrap(), "assistant\n");
     assert!(tok.is_special(1) && tok.is_special(2));
     assert_eq!(tok.eos_token_ids(), &[2]);
-    assert_eq!(tok.decode(&ids, true).unwrap(), "assistant\n", "skip_special_tokens drops markup");
+    assert_eq!(
+        tok.decode(&ids, true).unwrap(),
+        "assistant\n",
+        "skip_special_tokens drops markup"
+    );
 }
 
 #[test]
@@ -76,15 +94,28 @@ fn smollm2_tokenizer_json_matches_transformers_and_gguf() {
     let gguf = gguf_tokenizer(&common::default_model_path());
     let mut files = ModelFiles::resolve(common::default_model_path().to_str().unwrap()).unwrap();
     files.format = WeightsFormat::Gguf;
-    files.tokenizer_json = Some(common::fixtures().join("llamacpp/smollm2-tokenizer/tokenizer.json"));
+    files.tokenizer_json =
+        Some(common::fixtures().join("llamacpp/smollm2-tokenizer/tokenizer.json"));
     let tj = Tokenizer::load(&files, None).unwrap();
     let fx = common::read_json("llamacpp/tokenizer_smollm2_transformers.json");
     for c in fx["cases"].as_array().unwrap() {
         let text = c["text"].as_str().unwrap();
         let want = ids(&c["ids_special"]);
-        assert_eq!(tj.encode(text, false).unwrap(), want, "{text:?} (tokenizer.json)");
-        assert_eq!(gguf.encode(text, false).unwrap(), want, "{text:?} (GGUF-built)");
-        assert_eq!(tj.decode(&want, false).unwrap(), c["decoded"].as_str().unwrap(), "{text:?}");
+        assert_eq!(
+            tj.encode(text, false).unwrap(),
+            want,
+            "{text:?} (tokenizer.json)"
+        );
+        assert_eq!(
+            gguf.encode(text, false).unwrap(),
+            want,
+            "{text:?} (GGUF-built)"
+        );
+        assert_eq!(
+            tj.decode(&want, false).unwrap(),
+            c["decoded"].as_str().unwrap(),
+            "{text:?}"
+        );
         check_incremental(&tj, &want, false, text);
     }
 }
@@ -96,9 +127,21 @@ fn sentencepiece_gguf_tokenizer_matches_llamacpp() {
     for c in fx["cases"].as_array().unwrap() {
         let text = c["text"].as_str().unwrap();
         let got = tok.encode(text, false).unwrap();
-        assert_eq!(got, ids(&c["ids_special"]), "{text:?} (special tokens parsed)");
-        assert_eq!(tok.encode(text, true).unwrap(), ids(&c["ids_special_add_bos"]), "{text:?} with BOS");
-        assert_eq!(tok.encode_plain(text, false).unwrap(), ids(&c["ids_nospecial"]), "{text:?} (special tokens as text)");
+        assert_eq!(
+            got,
+            ids(&c["ids_special"]),
+            "{text:?} (special tokens parsed)"
+        );
+        assert_eq!(
+            tok.encode(text, true).unwrap(),
+            ids(&c["ids_special_add_bos"]),
+            "{text:?} with BOS"
+        );
+        assert_eq!(
+            tok.encode_plain(text, false).unwrap(),
+            ids(&c["ids_nospecial"]),
+            "{text:?} (special tokens as text)"
+        );
         assert_eq!(
             tok.decode(&got, false).unwrap(),
             c["detok_llama_detokenize"].as_str().unwrap(),
@@ -111,9 +154,17 @@ fn sentencepiece_gguf_tokenizer_matches_llamacpp() {
 #[test]
 fn token_bytes_reassemble_text() {
     let m = common::default_model();
-    for text in ["héllo wörld", "日本語のテキスト", "emoji 👨‍👩‍👧 and 🇫🇷", "tab\tand\nnewline"] {
+    for text in [
+        "héllo wörld",
+        "日本語のテキスト",
+        "emoji 👨‍👩‍👧 and 🇫🇷",
+        "tab\tand\nnewline",
+    ] {
         let ids = m.tokenizer.encode(text, false).unwrap();
-        let bytes: Vec<u8> = ids.iter().flat_map(|&i| m.tokenizer.token_bytes(i)).collect();
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| m.tokenizer.token_bytes(i))
+            .collect();
         assert_eq!(String::from_utf8(bytes).unwrap(), text);
     }
 }

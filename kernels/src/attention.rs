@@ -11,7 +11,6 @@
 
 use crate::cpu::{simd_level, SimdLevel};
 use crate::{shape_err, Result};
-use rayon::prelude::*;
 
 /// Shape of one layer's paged K (or V) cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +71,10 @@ fn validate(geom: &KvGeometry, seqs: &[SeqSpan], tokens: usize) -> Result<()> {
         {
             return Err(shape_err(
                 "paged attention",
-                format!("sequence {i}: block {b} outside a cache of {}", geom.num_blocks),
+                format!(
+                    "sequence {i}: block {b} outside a cache of {}",
+                    geom.num_blocks
+                ),
             ));
         }
     }
@@ -81,12 +83,21 @@ fn validate(geom: &KvGeometry, seqs: &[SeqSpan], tokens: usize) -> Result<()> {
 
 /// Stores each sequence's new K (or V) rows, `[tokens, num_kv_heads,
 /// head_dim]`, in its cache slots.
-pub fn write_cache(geom: &KvGeometry, cache: &mut [f32], x: &[f32], seqs: &[SeqSpan]) -> Result<()> {
+pub fn write_cache(
+    geom: &KvGeometry,
+    cache: &mut [f32],
+    x: &[f32],
+    seqs: &[SeqSpan],
+) -> Result<()> {
     let row = geom.num_kv_heads * geom.head_dim;
     if row == 0 || x.len() % row != 0 || cache.len() != geom.layer_len() {
         return Err(shape_err(
             "write_cache",
-            format!("{} values into a cache of {} for {geom:?}", x.len(), cache.len()),
+            format!(
+                "{} values into a cache of {} for {geom:?}",
+                x.len(),
+                cache.len()
+            ),
         ));
     }
     validate(geom, seqs, x.len() / row)?;
@@ -152,7 +163,8 @@ pub fn paged_attention(
     }
     let out_ptr = OutPtr(out.as_mut_ptr());
     let level = simd_level();
-    items.par_iter().for_each(|&(si, g, t0, tl)| {
+    crate::threads::parallel_for(items.len(), |i| {
+        let (si, g, t0, tl) = items[i];
         let job = Job {
             geom,
             q,
@@ -239,7 +251,10 @@ impl Job<'_> {
                 let h = self.kv_head * group + hh;
                 let src = (t * self.num_heads + h) * d;
                 let qi = i * group + hh;
-                for (dst, &v) in qs[qi * d..(qi + 1) * d].iter_mut().zip(&self.q[src..src + d]) {
+                for (dst, &v) in qs[qi * d..(qi + 1) * d]
+                    .iter_mut()
+                    .zip(&self.q[src..src + d])
+                {
                     *dst = v * self.scale;
                 }
                 limits[qi] = first_pos + self.tile_start + i;

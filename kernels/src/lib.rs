@@ -20,7 +20,7 @@ pub mod quant;
 pub mod rope;
 pub mod threads;
 
-pub use error::{Error, Result};
 pub(crate) use error::shape_err;
+pub use error::{Error, Result};
 pub use matmul::QMatrix;
 pub use quant::WeightType;

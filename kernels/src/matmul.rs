@@ -13,9 +13,10 @@ use crate::buffer::AlignedBytes;
 use crate::quant::act::{ActFormat, QuantizedActs};
 use crate::quant::dequant::dequantize;
 use crate::quant::dot::{dot_fn, DotFn};
+#[cfg(target_arch = "x86_64")]
+use crate::quant::gemv_avx2::{ActRow, GemvFn};
 use crate::quant::WeightType;
 use crate::{shape_err, Error, Result};
-use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Up to this many activation rows take the quantized-dot path.
@@ -33,6 +34,9 @@ pub struct QMatrix {
     row_bytes: usize,
     data: AlignedBytes,
     dot: DotFn,
+    /// The tiled decode kernel, where this CPU and format have one.
+    #[cfg(target_arch = "x86_64")]
+    tiled: Option<GemvFn>,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -59,6 +63,8 @@ impl QMatrix {
             row_bytes,
             data: AlignedBytes::from_slice(bytes),
             dot: dot_fn(wtype),
+            #[cfg(target_arch = "x86_64")]
+            tiled: tiled_kernel(wtype),
         })
     }
 
@@ -67,7 +73,11 @@ impl QMatrix {
         if values.len() != rows * cols {
             return Err(shape_err(
                 "QMatrix::from_f32",
-                format!("{rows} x {cols} needs {} values, got {}", rows * cols, values.len()),
+                format!(
+                    "{rows} x {cols} needs {} values, got {}",
+                    rows * cols,
+                    values.len()
+                ),
             ));
         }
         let mut data = AlignedBytes::zeroed(values.len() * 4);
@@ -81,6 +91,8 @@ impl QMatrix {
             row_bytes: cols * 4,
             data,
             dot: dot_fn(WeightType::F32),
+            #[cfg(target_arch = "x86_64")]
+            tiled: None,
         })
     }
 
@@ -182,33 +194,49 @@ impl QMatrix {
             let acts = &*acts;
             let n = self.rows;
             let per_task = rows_per_task(n);
-            if m == 1 {
-                out.par_chunks_mut(per_task).enumerate().for_each(|(c, o)| {
+            // Row-major by weight row: out_t[r * m + t].
+            let mut transposed = Vec::new();
+            let out_t: &mut [f32] = if m == 1 {
+                out
+            } else {
+                transposed.resize(n * m, 0f32);
+                &mut transposed
+            };
+            #[cfg(target_arch = "x86_64")]
+            if let Some(kernel) = self.tiled {
+                let act_rows: Vec<ActRow> = (0..m)
+                    .map(|t| ActRow {
+                        blocks: acts.row(t),
+                        scales: acts.scales(t),
+                    })
+                    .collect();
+                crate::threads::parallel_chunks_mut(out_t, per_task * m, |c, o| {
                     let r0 = c * per_task;
-                    let a = acts.row(0);
-                    for (i, v) in o.iter_mut().enumerate() {
-                        *v = (self.dot)(self.row(r0 + i), a);
-                    }
+                    let nrows = o.len() / m;
+                    let w =
+                        &self.data.as_slice()[r0 * self.row_bytes..(r0 + nrows) * self.row_bytes];
+                    // SAFETY: the kernel exists only on CPUs with AVX2,
+                    // FMA and F16C; `w` holds `nrows` whole rows, each
+                    // activation row matches the row length, and `o`
+                    // holds `nrows * m` outputs.
+                    unsafe { kernel(w, self.row_bytes, nrows, &act_rows, o) };
                 });
+                if m > 1 {
+                    transpose_into(&transposed, n, m, out);
+                }
                 return;
             }
-            let mut out_t = vec![0f32; n * m];
-            out_t
-                .par_chunks_mut(per_task * m)
-                .enumerate()
-                .for_each(|(c, o)| {
-                    let r0 = c * per_task;
-                    for (i, row_out) in o.chunks_exact_mut(m).enumerate() {
-                        let w = self.row(r0 + i);
-                        for (t, v) in row_out.iter_mut().enumerate() {
-                            *v = (self.dot)(w, acts.row(t));
-                        }
+            crate::threads::parallel_chunks_mut(out_t, per_task * m, |c, o| {
+                let r0 = c * per_task;
+                for (i, row_out) in o.chunks_exact_mut(m).enumerate() {
+                    let w = self.row(r0 + i);
+                    for (t, v) in row_out.iter_mut().enumerate() {
+                        *v = (self.dot)(w, acts.row(t));
                     }
-                });
-            for (r, row) in out_t.chunks_exact(m).enumerate() {
-                for (t, v) in row.iter().enumerate() {
-                    out[t * n + r] = *v;
                 }
+            });
+            if m > 1 {
+                transpose_into(&transposed, n, m, out);
             }
         })
     }
@@ -222,7 +250,7 @@ impl QMatrix {
         let k = self.cols;
         let dst = SharedOut(out.as_mut_ptr());
         let tiles = n.div_ceil(TILE_ROWS);
-        (0..tiles).into_par_iter().for_each(|t| {
+        crate::threads::parallel_for(tiles, |t| {
             let r0 = t * TILE_ROWS;
             let nt = TILE_ROWS.min(n - r0);
             TILE.with(|tile| {
@@ -264,9 +292,29 @@ impl QMatrix {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+fn tiled_kernel(wtype: WeightType) -> Option<GemvFn> {
+    if crate::cpu::simd_level() >= crate::cpu::SimdLevel::Avx2 {
+        crate::quant::gemv_avx2::kernel(wtype)
+    } else {
+        None
+    }
+}
+
+/// `out[t * n + r] = out_t[r * m + t]`.
+fn transpose_into(out_t: &[f32], n: usize, m: usize, out: &mut [f32]) {
+    for (r, row) in out_t.chunks_exact(m).enumerate() {
+        for (t, v) in row.iter().enumerate() {
+            out[t * n + r] = *v;
+        }
+    }
+}
+
+/// Rows per task: a few tasks per thread so uneven progress evens out,
+/// and rows in even numbers (the tiled kernels pair rows).
 fn rows_per_task(n: usize) -> usize {
-    let tasks = rayon::current_num_threads() * 4;
-    n.div_ceil(tasks).max(16)
+    let tasks = crate::threads::count() * 3;
+    (n.div_ceil(tasks).max(16) + 1) & !1
 }
 
 /// The output pointer shared by GEMM tasks that write disjoint columns.

@@ -153,7 +153,10 @@ impl CustomOp1 for Embedding<'_> {
         let mut out = vec![0f32; ids.len() * h];
         for (&id, row) in ids.iter().zip(out.chunks_exact_mut(h)) {
             if id as usize >= self.0.rows() {
-                bail!("token id {id} is outside the vocabulary of {}", self.0.rows())
+                bail!(
+                    "token id {id} is outside the vocabulary of {}",
+                    self.0.rows()
+                )
             }
             self.0
                 .dequantize_row(id as usize, row)
@@ -209,8 +212,17 @@ impl CustomOp3 for PagedAttention<'_> {
         let k = f32s("paged_attention", ks, kl)?;
         let v = f32s("paged_attention", vs, vl)?;
         let mut out = vec![0f32; q.len()];
-        paged_attention(&self.geom, q, k, v, self.num_heads, self.seqs, self.scale, &mut out)
-            .map_err(kernel_err)?;
+        paged_attention(
+            &self.geom,
+            q,
+            k,
+            v,
+            self.num_heads,
+            self.seqs,
+            self.scale,
+            &mut out,
+        )
+        .map_err(kernel_err)?;
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
 }

@@ -28,7 +28,11 @@ fn dense(
             let scores: Vec<f64> = (0..=pos)
                 .map(|j| {
                     let kv = &k[(j * kv_heads + g) * d..(j * kv_heads + g + 1) * d];
-                    qv.iter().zip(kv).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale as f64
+                    qv.iter()
+                        .zip(kv)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>()
+                        * scale as f64
                 })
                 .collect();
             let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -54,11 +58,24 @@ struct Seq {
 
 /// Runs several sequences through the cache in chunks (prefill chunks then
 /// single decode tokens, batched raggedly) and checks every step's output.
-fn check(block_size: usize, heads: usize, kv_heads: usize, d: usize, lens: &[usize], chunk: usize, seed: u64) {
+fn check(
+    block_size: usize,
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+    lens: &[usize],
+    chunk: usize,
+    seed: u64,
+) {
     let mut r = rng(seed);
     let blocks_per_seq: Vec<usize> = lens.iter().map(|l| l.div_ceil(block_size)).collect();
     let num_blocks = blocks_per_seq.iter().sum::<usize>() + 3;
-    let geom = KvGeometry { num_blocks, block_size, num_kv_heads: kv_heads, head_dim: d };
+    let geom = KvGeometry {
+        num_blocks,
+        block_size,
+        num_kv_heads: kv_heads,
+        head_dim: d,
+    };
     let mut ids: Vec<u32> = (0..num_blocks as u32).collect();
     ids.shuffle(&mut r);
     let mut next = 0;
@@ -93,7 +110,11 @@ fn check(block_size: usize, heads: usize, kv_heads: usize, d: usize, lens: &[usi
             if done[i] == s.total {
                 continue;
             }
-            let n = if done[i] < s.total / 2 { chunk.min(s.total - done[i]) } else { 1 };
+            let n = if done[i] < s.total / 2 {
+                chunk.min(s.total - done[i])
+            } else {
+                1
+            };
             let row = kv_heads * d;
             k_all.extend_from_slice(&s.k[done[i] * row..(done[i] + n) * row]);
             v_all.extend_from_slice(&s.v[done[i] * row..(done[i] + n) * row]);
@@ -103,20 +124,40 @@ fn check(block_size: usize, heads: usize, kv_heads: usize, d: usize, lens: &[usi
             start += n;
         }
         for &(i, _, n, st) in &firsts {
-            spans.push(SeqSpan { start: st, len: n, context_len: done[i], block_table: &seqs[i].table });
+            spans.push(SeqSpan {
+                start: st,
+                len: n,
+                context_len: done[i],
+                block_table: &seqs[i].table,
+            });
         }
         write_cache(&geom, &mut k_cache, &k_all, &spans).unwrap();
         write_cache(&geom, &mut v_cache, &v_all, &spans).unwrap();
         let mut out = vec![0f32; q_all.len()];
-        paged_attention(&geom, &q_all, &k_cache, &v_cache, heads, &spans, scale, &mut out).unwrap();
+        paged_attention(
+            &geom, &q_all, &k_cache, &v_cache, heads, &spans, scale, &mut out,
+        )
+        .unwrap();
         for &(i, first, n, st) in &firsts {
             let s = &seqs[i];
             let row = kv_heads * d;
             let q = &q_all[st * heads * d..(st + n) * heads * d];
-            let expected = dense(q, &s.k[..(first + n) * row], &s.v[..(first + n) * row], heads, kv_heads, d, first, scale);
+            let expected = dense(
+                q,
+                &s.k[..(first + n) * row],
+                &s.v[..(first + n) * row],
+                heads,
+                kv_heads,
+                d,
+                first,
+                scale,
+            );
             let got = &out[st * heads * d..(st + n) * heads * d];
             let err = max_abs_diff(got, &expected);
-            assert!(err < 1e-5, "bs={block_size} h={heads}/{kv_heads} d={d} seq {i} at {first}+{n}: {err}");
+            assert!(
+                err < 1e-5,
+                "bs={block_size} h={heads}/{kv_heads} d={d} seq {i} at {first}+{n}: {err}"
+            );
         }
     }
 }
@@ -141,16 +182,36 @@ fn long_prefill_in_one_chunk() {
 
 #[test]
 fn bad_block_tables_are_errors_not_panics() {
-    let geom = KvGeometry { num_blocks: 2, block_size: 4, num_kv_heads: 1, head_dim: 4 };
+    let geom = KvGeometry {
+        num_blocks: 2,
+        block_size: 4,
+        num_kv_heads: 1,
+        head_dim: 4,
+    };
     let cache = vec![0f32; geom.layer_len()];
     let q = vec![0f32; 4];
     let mut out = vec![0f32; 4];
     let short = [0u32];
-    let span = SeqSpan { start: 0, len: 1, context_len: 6, block_table: &short };
+    let span = SeqSpan {
+        start: 0,
+        len: 1,
+        context_len: 6,
+        block_table: &short,
+    };
     assert!(paged_attention(&geom, &q, &cache, &cache, 1, &[span], 1.0, &mut out).is_err());
     let outside = [0u32, 9];
-    let span = SeqSpan { start: 0, len: 1, context_len: 6, block_table: &outside };
+    let span = SeqSpan {
+        start: 0,
+        len: 1,
+        context_len: 6,
+        block_table: &outside,
+    };
     assert!(paged_attention(&geom, &q, &cache, &cache, 1, &[span], 1.0, &mut out).is_err());
-    let span = SeqSpan { start: 1, len: 1, context_len: 1, block_table: &short };
+    let span = SeqSpan {
+        start: 1,
+        len: 1,
+        context_len: 1,
+        block_table: &short,
+    };
     assert!(paged_attention(&geom, &q, &cache, &cache, 1, &[span], 1.0, &mut out).is_err());
 }

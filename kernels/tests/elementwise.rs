@@ -30,7 +30,9 @@ fn rms_norm_matches_formula() {
 fn rope_rotates_pairs_by_position_times_frequency() {
     let mut r = rng(21);
     let (heads, d) = (3, 8);
-    let inv_freq: Vec<f32> = (0..d / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect();
+    let inv_freq: Vec<f32> = (0..d / 2)
+        .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32))
+        .collect();
     let positions = [0usize, 5, 17];
     for style in [RopeStyle::Interleaved, RopeStyle::HalfSplit] {
         let table = RopeTable::new(&inv_freq, 32, style, 1.0);
@@ -53,7 +55,10 @@ fn rope_rotates_pairs_by_position_times_frequency() {
             }
         }
         let mut z = x.clone();
-        assert!(table.apply(&mut z, &[0, 5, 32], heads, d).is_err(), "position past the table");
+        assert!(
+            table.apply(&mut z, &[0, 5, 32], heads, d).is_err(),
+            "position past the table"
+        );
     }
 }
 

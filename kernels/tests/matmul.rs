@@ -41,7 +41,10 @@ fn gemm_path_is_exact_f32_on_the_dequantized_weights() {
             q.matmul_gemm(&x, m, &mut out);
             let expected = naive(&wd, &x, m, rows, cols);
             let err = max_abs_diff(&out, &expected);
-            assert!(err <= 1e-3 * max_abs(&expected).max(1.0), "{wtype} m={m}: {err}");
+            assert!(
+                err <= 1e-3 * max_abs(&expected).max(1.0),
+                "{wtype} m={m}: {err}"
+            );
         }
     }
 }
@@ -61,7 +64,14 @@ fn dot_path_tracks_f32_within_activation_quantization_error() {
             let expected = naive(&wd, &x, m, rows, cols);
             // 8-bit activations: error ~ |w| |x| / 127 * sqrt(cols).
             let err = max_abs_diff(&out, &expected);
-            let bound = if matches!(wtype, WeightType::F32 | WeightType::F16 | WeightType::BF16 | WeightType::Q2K | WeightType::Q3K) {
+            let bound = if matches!(
+                wtype,
+                WeightType::F32
+                    | WeightType::F16
+                    | WeightType::BF16
+                    | WeightType::Q2K
+                    | WeightType::Q3K
+            ) {
                 1e-3 * max_abs(&expected).max(1.0)
             } else {
                 0.05 * max_abs(&expected).max(1.0)
@@ -105,4 +115,35 @@ fn bad_shapes_are_errors() {
     let q = QMatrix::from_f32(2, 4, &[0.0; 8]).unwrap();
     let mut out = vec![0f32; 2];
     assert!(q.matmul(&[0.0; 3], 1, &mut out).is_err());
+}
+
+/// The decode path (tiled SIMD kernels where they exist) computes exactly
+/// the portable integer dot products, for every activation-row count.
+#[test]
+fn dot_path_equals_portable_dots() {
+    use llm_serve_kernels::quant::act::{quantize_row, ActFormat};
+    use llm_serve_kernels::quant::dot_ref;
+    let mut r = rng(14);
+    let (rows, cols) = (37, 512);
+    for wtype in WeightType::ALL {
+        let q = matrix(wtype, rows, cols, &randn(&mut r, rows * cols, 1.0));
+        let format = ActFormat::for_weight(wtype);
+        for m in 1..=llm_serve_kernels::matmul::GEMV_MAX_ROWS {
+            let x = randn(&mut r, m * cols, 2.0);
+            let mut out = vec![0f32; m * rows];
+            q.matmul_dot(&x, m, &mut out);
+            for t in 0..m {
+                let mut a = llm_serve_kernels::buffer::AlignedBytes::zeroed(format.row_bytes(cols));
+                quantize_row(format, &x[t * cols..(t + 1) * cols], a.as_mut_slice());
+                for row in 0..rows {
+                    let want = dot_ref::dot(wtype, q.row(row), a.as_slice());
+                    let got = out[t * rows + row];
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "{wtype} m={m} act {t} row {row}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -32,7 +32,11 @@ fn dequantize_matches_candle_for_every_format() {
     for wtype in WeightType::ALL {
         let values = randn(&mut r, n, 2.0);
         let (bytes, reference) = candle_blocks(wtype, &values);
-        assert_eq!(bytes.len(), n / wtype.block_elems() * wtype.block_bytes(), "{wtype}");
+        assert_eq!(
+            bytes.len(),
+            n / wtype.block_elems() * wtype.block_bytes(),
+            "{wtype}"
+        );
         // The bytes must be viewable in place: copy into an aligned buffer.
         let aligned = llm_serve_kernels::buffer::AlignedBytes::from_slice(&bytes);
         let mut ours = vec![0f32; n];
@@ -67,14 +71,20 @@ fn act_values(format: ActFormat, bytes: &[u8], n: usize) -> Vec<f32> {
             .chunks_exact(36)
             .flat_map(|b| {
                 let d = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
-                b[4..].iter().map(move |&q| q as i8 as f32 * d).collect::<Vec<_>>()
+                b[4..]
+                    .iter()
+                    .map(move |&q| q as i8 as f32 * d)
+                    .collect::<Vec<_>>()
             })
             .collect(),
         ActFormat::Q8K => bytes
             .chunks_exact(292)
             .flat_map(|b| {
                 let d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                b[4..260].iter().map(move |&q| q as i8 as f32 * d).collect::<Vec<_>>()
+                b[4..260]
+                    .iter()
+                    .map(move |&q| q as i8 as f32 * d)
+                    .collect::<Vec<_>>()
             })
             .collect(),
     }
@@ -119,7 +129,11 @@ fn portable_dot_equals_f32_arithmetic_on_the_quantized_values() {
             .map(|(x, y)| *x as f64 * *y as f64)
             .sum();
         let got = dot_ref::dot(wtype, wb.as_slice(), ab.as_slice()) as f64;
-        let scale: f64 = wvals.iter().zip(&avals).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum();
+        let scale: f64 = wvals
+            .iter()
+            .zip(&avals)
+            .map(|(x, y)| (*x as f64 * *y as f64).abs())
+            .sum();
         assert!(
             (got - expected).abs() <= 1e-3 * scale.max(1.0),
             "{wtype}: portable dot {got} vs f32 arithmetic {expected}"

@@ -130,7 +130,8 @@ impl ModelConfig {
         };
         let mut max_pos = cfg.usize("max_position_embeddings")?;
         if let Some(window) = cfg.usize_opt("sliding_window")? {
-            let used = model_type != "qwen2" || cfg.bool_opt("use_sliding_window")?.unwrap_or(false);
+            let used =
+                model_type != "qwen2" || cfg.bool_opt("use_sliding_window")?.unwrap_or(false);
             if used && window < max_pos {
                 tracing::warn!(
                     "{}: sliding-window attention is not implemented; limiting the context to the window of {window} tokens, where full attention is exact",
@@ -156,7 +157,10 @@ impl ModelConfig {
         };
         let eos_token_ids = match v.get("eos_token_id") {
             Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_u64().map(|x| x as u32))
+                .collect(),
             _ => Vec::new(),
         };
         let out = ModelConfig {
@@ -250,7 +254,9 @@ impl ModelConfig {
             max_position_embeddings: md.usize(&format!("{a}.context_length"))?,
             tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
             attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
-            bos_token_id: md.usize_opt("tokenizer.ggml.bos_token_id")?.map(|x| x as u32),
+            bos_token_id: md
+                .usize_opt("tokenizer.ggml.bos_token_id")?
+                .map(|x| x as u32),
             eos_token_ids: md
                 .usize_opt("tokenizer.ggml.eos_token_id")?
                 .map(|x| vec![x as u32])
@@ -267,7 +273,11 @@ fn parse_rope_scaling(path: &Path, rs: &Value) -> Result<Option<RopeScaling>> {
         field: format!("rope_scaling.{name}"),
         detail: "missing or not a number".into(),
     };
-    let num = |name: &str| rs.get(name).and_then(Value::as_f64).ok_or_else(|| field(name));
+    let num = |name: &str| {
+        rs.get(name)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| field(name))
+    };
     let kind = rs
         .get("rope_type")
         .or_else(|| rs.get("type"))
@@ -343,7 +353,10 @@ impl HfConfig<'_> {
     }
 
     fn str_opt(&self, field: &str) -> Option<String> {
-        self.v.get(field).and_then(Value::as_str).map(str::to_string)
+        self.v
+            .get(field)
+            .and_then(Value::as_str)
+            .map(str::to_string)
     }
 }
 

@@ -29,7 +29,12 @@ impl KvCache {
         2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * block_size * CacheDtype::F32.bytes()
     }
 
-    pub fn new(cfg: &ModelConfig, num_blocks: usize, block_size: usize, device: &Device) -> Result<Self> {
+    pub fn new(
+        cfg: &ModelConfig,
+        num_blocks: usize,
+        block_size: usize,
+        device: &Device,
+    ) -> Result<Self> {
         if num_blocks == 0 || block_size == 0 {
             return Err(ModelError::Unsupported(format!(
                 "a KV cache needs at least one block of at least one token (got {num_blocks} blocks of {block_size})"

@@ -12,7 +12,9 @@ use crate::safetensors_store::SafetensorsStore;
 use crate::source::{ModelFiles, WeightsFormat};
 use candle_core::{Device, Tensor};
 use llm_serve_kernels::attention::SeqSpan;
-use llm_serve_kernels::ops::{ApplyExt, Embedding, PagedAttention, RmsNorm, Rope, SiluMul, WriteCache};
+use llm_serve_kernels::ops::{
+    ApplyExt, Embedding, PagedAttention, RmsNorm, Rope, SiluMul, WriteCache,
+};
 use llm_serve_kernels::rope::RopeTable;
 use llm_serve_kernels::QMatrix;
 use std::sync::Arc;
@@ -76,9 +78,10 @@ impl Model {
         let device = Device::Cpu;
         let (mut cfg, store, cfg_path) = match files.format {
             WeightsFormat::Gguf => {
-                let path = files.gguf.clone().ok_or_else(|| {
-                    ModelError::Unsupported("GGUF model without a file".into())
-                })?;
+                let path = files
+                    .gguf
+                    .clone()
+                    .ok_or_else(|| ModelError::Unsupported("GGUF model without a file".into()))?;
                 let g = GgufFile::open(&path)?;
                 let cfg = ModelConfig::from_gguf(&path, &g.content)?;
                 (cfg, Store::Gguf(g), path)
@@ -88,7 +91,11 @@ impl Model {
                     ModelError::Unsupported("safetensors model without config.json".into())
                 })?;
                 let cfg = ModelConfig::from_hf_json(&path)?;
-                (cfg, Store::Safetensors(SafetensorsStore::open(&files.safetensors)?), path)
+                (
+                    cfg,
+                    Store::Safetensors(SafetensorsStore::open(&files.safetensors)?),
+                    path,
+                )
             }
         };
         if let Store::Gguf(g) = &store {
@@ -118,7 +125,13 @@ impl Model {
             None => cfg.max_position_embeddings,
         };
         let embed = Arc::new(store.matrix("model.embed_tokens.weight", "token_embd.weight")?);
-        check_dims(&cfg_path, "token embedding", &embed, cfg.vocab_size, cfg.hidden_size)?;
+        check_dims(
+            &cfg_path,
+            "token embedding",
+            &embed,
+            cfg.vocab_size,
+            cfg.hidden_size,
+        )?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             layers.push(load_layer(&store, &cfg, i, &device, &cfg_path)?);
@@ -135,14 +148,29 @@ impl Model {
                 detail: "missing and tie_word_embeddings is false".into(),
             });
         };
-        check_dims(&cfg_path, "output projection", &lm_head, cfg.vocab_size, cfg.hidden_size)?;
+        check_dims(
+            &cfg_path,
+            "output projection",
+            &lm_head,
+            cfg.vocab_size,
+            cfg.hidden_size,
+        )?;
         let freqs = inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref());
         let rope = RopeTable::new(&freqs, max_model_len, cfg.rope_style, 1.0);
         let weights_bytes = embed.storage_bytes()
-            + if Arc::ptr_eq(&embed, &lm_head) { 0 } else { lm_head.storage_bytes() }
+            + if Arc::ptr_eq(&embed, &lm_head) {
+                0
+            } else {
+                lm_head.storage_bytes()
+            }
             + layers
                 .iter()
-                .map(|l| l.qkv.storage_bytes() + l.o.storage_bytes() + l.gate_up.storage_bytes() + l.down.storage_bytes())
+                .map(|l| {
+                    l.qkv.storage_bytes()
+                        + l.o.storage_bytes()
+                        + l.gate_up.storage_bytes()
+                        + l.down.storage_bytes()
+                })
                 .sum::<usize>();
         let gguf = match store {
             Store::Gguf(g) => Some(g.content),
@@ -193,7 +221,9 @@ impl Model {
             || cache.geometry().num_kv_heads != cfg.num_kv_heads
             || cache.geometry().head_dim != cfg.head_dim
         {
-            return Err(ModelError::Batch("the KV cache was made for another model".into()));
+            return Err(ModelError::Batch(
+                "the KV cache was made for another model".into(),
+            ));
         }
         let mut tokens = Vec::new();
         let mut positions = Vec::new();
@@ -228,7 +258,9 @@ impl Model {
             match s.logits {
                 LogitsWanted::None => {}
                 LogitsWanted::Last => wanted.push((start + s.tokens.len() - 1) as u32),
-                LogitsWanted::All => wanted.extend((start..start + s.tokens.len()).map(|t| t as u32)),
+                LogitsWanted::All => {
+                    wanted.extend((start..start + s.tokens.len()).map(|t| t as u32))
+                }
             }
         }
         let n_tokens = tokens.len();
@@ -282,7 +314,11 @@ impl Model {
         }
         let n_wanted = wanted.len();
         if n_wanted == 0 {
-            return Ok(Tensor::zeros((0, cfg.vocab_size), candle_core::DType::F32, &self.device)?);
+            return Ok(Tensor::zeros(
+                (0, cfg.vocab_size),
+                candle_core::DType::F32,
+                &self.device,
+            )?);
         }
         let rows = if n_wanted == n_tokens {
             x
@@ -308,7 +344,11 @@ fn check_dims(
         return Err(ModelError::Config {
             path: path.to_path_buf(),
             field: what.into(),
-            detail: format!("weight is {} x {}, the config says {rows} x {cols}", m.rows(), m.cols()),
+            detail: format!(
+                "weight is {} x {}, the config says {rows} x {cols}",
+                m.rows(),
+                m.cols()
+            ),
         });
     }
     Ok(())
@@ -343,14 +383,35 @@ fn load_layer(
     let gate = store.matrix(&hf("mlp.gate_proj.weight"), &gg("ffn_gate.weight"))?;
     let up = store.matrix(&hf("mlp.up_proj.weight"), &gg("ffn_up.weight"))?;
     let down = store.matrix(&hf("mlp.down_proj.weight"), &gg("ffn_down.weight"))?;
-    check_dims(path, &format!("layer {i} gate"), &gate, cfg.intermediate_size, h)?;
-    check_dims(path, &format!("layer {i} up"), &up, cfg.intermediate_size, h)?;
-    check_dims(path, &format!("layer {i} down"), &down, h, cfg.intermediate_size)?;
+    check_dims(
+        path,
+        &format!("layer {i} gate"),
+        &gate,
+        cfg.intermediate_size,
+        h,
+    )?;
+    check_dims(
+        path,
+        &format!("layer {i} up"),
+        &up,
+        cfg.intermediate_size,
+        h,
+    )?;
+    check_dims(
+        path,
+        &format!("layer {i} down"),
+        &down,
+        h,
+        cfg.intermediate_size,
+    )?;
     Ok(Layer {
         attn_norm: store.vector(&hf("input_layernorm.weight"), &gg("attn_norm.weight"))?,
         qkv: Linear::stacked(vec![q, k, v], bias, device)?,
         o: Linear::stacked(vec![o], None, device)?,
-        mlp_norm: store.vector(&hf("post_attention_layernorm.weight"), &gg("ffn_norm.weight"))?,
+        mlp_norm: store.vector(
+            &hf("post_attention_layernorm.weight"),
+            &gg("ffn_norm.weight"),
+        )?,
         gate_up: Linear::stacked(vec![gate, up], None, device)?,
         down: Linear::stacked(vec![down], None, device)?,
     })

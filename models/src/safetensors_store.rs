@@ -39,7 +39,10 @@ impl SafetensorsStore {
     }
 
     pub fn first_path(&self) -> &Path {
-        self.shards.first().map(|s| s.0.as_path()).unwrap_or(Path::new(""))
+        self.shards
+            .first()
+            .map(|s| s.0.as_path())
+            .unwrap_or(Path::new(""))
     }
 
     fn tensor(&self, name: &str) -> Result<(&Path, WeightType, Vec<usize>, &[u8])> {
@@ -60,7 +63,11 @@ impl SafetensorsStore {
             Dtype::F32 => WeightType::F32,
             Dtype::F16 => WeightType::F16,
             Dtype::BF16 => WeightType::BF16,
-            other => return Err(err(format!("dtype {other:?} is not supported (f32, f16, bf16 are)"))),
+            other => {
+                return Err(err(format!(
+                    "dtype {other:?} is not supported (f32, f16, bf16 are)"
+                )))
+            }
         };
         Ok((path, wtype, view.shape().to_vec(), view.data()))
     }

@@ -124,7 +124,9 @@ impl ModelFiles {
         let mut ggufs = Vec::new();
         for e in entries {
             let p = e.map_err(io_err(dir))?.path();
-            if p.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")) {
+            if p.extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+            {
                 ggufs.push(p);
             }
         }

@@ -26,7 +26,9 @@ fn cases(dir: &PathBuf) -> Vec<Case> {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut out = Vec::new();
     for i in 0.. {
-        let Ok(ids) = st.tensor(&format!("input_ids_{i}")) else { break };
+        let Ok(ids) = st.tensor(&format!("input_ids_{i}")) else {
+            break;
+        };
         let ids: Vec<u32> = ids
             .data()
             .chunks_exact(8)
@@ -40,13 +42,20 @@ fn cases(dir: &PathBuf) -> Vec<Case> {
             .collect();
         out.push(Case { ids, logits });
     }
-    assert!(out.len() >= 3, "{}: expected at least 3 cases", dir.display());
+    assert!(
+        out.len() >= 3,
+        "{}: expected at least 3 cases",
+        dir.display()
+    );
     out
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn load(name: &str) -> Model {
@@ -63,17 +72,29 @@ fn check_alone(name: &str, block_size: usize) {
     let model = load(name);
     for (i, case) in cases(&fixture(name)).iter().enumerate() {
         let blocks = case.ids.len().div_ceil(block_size);
-        let mut cache = KvCache::new(model.config(), blocks + 2, block_size, model.device()).unwrap();
+        let mut cache =
+            KvCache::new(model.config(), blocks + 2, block_size, model.device()).unwrap();
         let table: Vec<u32> = (0..blocks as u32).rev().collect();
         let out = model
             .forward(
-                &[SeqInput { tokens: &case.ids, start_pos: 0, block_table: &table, logits: LogitsWanted::All }],
+                &[SeqInput {
+                    tokens: &case.ids,
+                    start_pos: 0,
+                    block_table: &table,
+                    logits: LogitsWanted::All,
+                }],
                 &mut cache,
             )
             .unwrap();
         let d = max_diff(&rows(&out), &case.logits);
-        eprintln!("{name} case {i}: max diff {d}, max logit {}", case.logits.iter().fold(0f32, |m, v| m.max(v.abs())));
-        assert!(d < 1e-4, "{name} case {i} (bs {block_size}): max |diff| {d}");
+        eprintln!(
+            "{name} case {i}: max diff {d}, max logit {}",
+            case.logits.iter().fold(0f32, |m, v| m.max(v.abs()))
+        );
+        assert!(
+            d < 1e-4,
+            "{name} case {i} (bs {block_size}): max |diff| {d}"
+        );
     }
 }
 
@@ -157,7 +178,11 @@ fn chunked_ragged_batches_equal_each_sequence_alone() {
                 let got = &out[row * vocab..(row + n) * vocab];
                 let want = &cases[i].logits[start * vocab..(start + n) * vocab];
                 let d = max_diff(got, want);
-                assert!(d < 1e-4, "{name} seq {i} tokens {start}..{}: {d}", start + n);
+                assert!(
+                    d < 1e-4,
+                    "{name} seq {i} tokens {start}..{}: {d}",
+                    start + n
+                );
                 row += n;
                 done[i] += n;
             }
@@ -176,11 +201,27 @@ fn last_and_no_logits_select_rows() {
     let table: Vec<u32> = (0..16).collect();
     let n = c.ids.len();
     let none = model
-        .forward(&[SeqInput { tokens: &c.ids[..n - 1], start_pos: 0, block_table: &table, logits: LogitsWanted::None }], &mut cache)
+        .forward(
+            &[SeqInput {
+                tokens: &c.ids[..n - 1],
+                start_pos: 0,
+                block_table: &table,
+                logits: LogitsWanted::None,
+            }],
+            &mut cache,
+        )
         .unwrap();
     assert_eq!(none.dims(), &[0, vocab]);
     let last = model
-        .forward(&[SeqInput { tokens: &c.ids[n - 1..], start_pos: n - 1, block_table: &table, logits: LogitsWanted::Last }], &mut cache)
+        .forward(
+            &[SeqInput {
+                tokens: &c.ids[n - 1..],
+                start_pos: n - 1,
+                block_table: &table,
+                logits: LogitsWanted::Last,
+            }],
+            &mut cache,
+        )
         .unwrap();
     let d = max_diff(&rows(&last), &c.logits[(n - 1) * vocab..]);
     assert!(d < 1e-4, "{d}");
@@ -192,11 +233,31 @@ fn invalid_batches_are_errors() {
     let mut cache = KvCache::new(model.config(), 2, 16, model.device()).unwrap();
     let table = [0u32, 1];
     let fwd = |tokens: &[u32], start: usize, table: &[u32], cache: &mut KvCache| {
-        model.forward(&[SeqInput { tokens, start_pos: start, block_table: table, logits: LogitsWanted::Last }], cache)
+        model.forward(
+            &[SeqInput {
+                tokens,
+                start_pos: start,
+                block_table: table,
+                logits: LogitsWanted::Last,
+            }],
+            cache,
+        )
     };
     assert!(fwd(&[], 0, &table, &mut cache).is_err(), "empty sequence");
-    assert!(fwd(&[999_999], 0, &table, &mut cache).is_err(), "token outside the vocabulary");
-    assert!(fwd(&[1; 40], 0, &table, &mut cache).is_err(), "more tokens than the block table covers");
-    assert!(fwd(&[1], 300, &table, &mut cache).is_err(), "beyond the maximum context");
-    assert!(fwd(&[1], 0, &[7], &mut cache).is_err(), "block outside the cache");
+    assert!(
+        fwd(&[999_999], 0, &table, &mut cache).is_err(),
+        "token outside the vocabulary"
+    );
+    assert!(
+        fwd(&[1; 40], 0, &table, &mut cache).is_err(),
+        "more tokens than the block table covers"
+    );
+    assert!(
+        fwd(&[1], 300, &table, &mut cache).is_err(),
+        "beyond the maximum context"
+    );
+    assert!(
+        fwd(&[1], 0, &[7], &mut cache).is_err(),
+        "block outside the cache"
+    );
 }

@@ -3,7 +3,11 @@
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "llm-serve", version, about = "A GPU-first LLM inference server with a Serve-style control plane")]
+#[command(
+    name = "llm-serve",
+    version,
+    about = "A GPU-first LLM inference server with a Serve-style control plane"
+)]
 pub struct Cli {
     /// Log level when RUST_LOG is not set (error, warn, info, debug, trace).
     #[arg(long, global = true)]
@@ -16,6 +20,31 @@ pub struct Cli {
 pub enum Command {
     /// Generate text from a prompt or a chat message, offline (no server).
     Generate(GenerateArgs),
+    /// Measure prompt processing and generation speed of a model (one
+    /// sequence, fixed token ids), like llama.cpp's llama-bench.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// A GGUF file, a Hugging Face model directory, or a hub id.
+    #[arg(long)]
+    pub model: String,
+    /// Prompt tokens processed in one forward pass.
+    #[arg(long, default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// Tokens generated one at a time after the prompt.
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Measured repetitions (the best is reported; one warm-up runs first).
+    #[arg(long, default_value_t = 3)]
+    pub repetitions: usize,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -79,7 +79,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 .iter()
                 .map(|(id, lp)| format!("{:?} {lp:.3}", tokenizer.token_text(*id)))
                 .collect();
-            eprintln!("{:?} {:.4} [{}]", tokenizer.token_text(s.token), s.logprob, alts.join(", "));
+            eprintln!(
+                "{:?} {:.4} [{}]",
+                tokenizer.token_text(s.token),
+                s.logprob,
+                alts.join(", ")
+            );
         }
     }
     let generated = out.tokens.len();

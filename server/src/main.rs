@@ -1,5 +1,6 @@
 //! `llm-serve`: the command-line entry point.
 
+mod bench;
 mod cli;
 mod generate;
 
@@ -10,6 +11,7 @@ fn main() -> std::process::ExitCode {
     init_logging(cli.log_level.as_deref());
     let result = match cli.command {
         cli::Command::Generate(args) => generate::run(args),
+        cli::Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -80,30 +80,45 @@ impl SamplingParams {
     /// Checks ranges and consistency; `vocab_size` bounds token ids.
     pub fn validate(&self, vocab_size: usize) -> Result<()> {
         if self.n < 1 {
-            return Err(invalid("n", format!("n must be at least 1, got {}.", self.n)));
+            return Err(invalid(
+                "n",
+                format!("n must be at least 1, got {}.", self.n),
+            ));
         }
         if !(-2.0..=2.0).contains(&self.presence_penalty) {
             return Err(invalid(
                 "presence_penalty",
-                format!("presence_penalty must be in [-2, 2], got {}.", self.presence_penalty),
+                format!(
+                    "presence_penalty must be in [-2, 2], got {}.",
+                    self.presence_penalty
+                ),
             ));
         }
         if !(-2.0..=2.0).contains(&self.frequency_penalty) {
             return Err(invalid(
                 "frequency_penalty",
-                format!("frequency_penalty must be in [-2, 2], got {}.", self.frequency_penalty),
+                format!(
+                    "frequency_penalty must be in [-2, 2], got {}.",
+                    self.frequency_penalty
+                ),
             ));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 2.0) {
             return Err(invalid(
                 "repetition_penalty",
-                format!("repetition_penalty must be in (0, 2], got {}.", self.repetition_penalty),
+                format!(
+                    "repetition_penalty must be in (0, 2], got {}.",
+                    self.repetition_penalty
+                ),
             ));
         }
         if !(self.temperature >= 0.0) || !self.temperature.is_finite() {
             return Err(invalid(
                 "temperature",
-                format!("temperature must be non-negative, got {}.", self.temperature),
+                format!(
+                    "temperature must be non-negative, got {}.",
+                    self.temperature
+                ),
             ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
@@ -115,7 +130,10 @@ impl SamplingParams {
         if self.top_k < -1 {
             return Err(invalid(
                 "top_k",
-                format!("top_k must be 0 or -1 (disable), or at least 1, got {}.", self.top_k),
+                format!(
+                    "top_k must be 0 or -1 (disable), or at least 1, got {}.",
+                    self.top_k
+                ),
             ));
         }
         if !(0.0..=1.0).contains(&self.min_p) {
@@ -152,10 +170,16 @@ impl SamplingParams {
         if self.stop.iter().any(String::is_empty) {
             return Err(invalid("stop", "stop cannot contain an empty string."));
         }
-        if let Some(t) = self.stop_token_ids.iter().find(|&&t| t as usize >= vocab_size) {
+        if let Some(t) = self
+            .stop_token_ids
+            .iter()
+            .find(|&&t| t as usize >= vocab_size)
+        {
             return Err(invalid(
                 "stop_token_ids",
-                format!("stop_token_ids contains token id {t}, outside the vocabulary of {vocab_size}."),
+                format!(
+                    "stop_token_ids contains token id {t}, outside the vocabulary of {vocab_size}."
+                ),
             ));
         }
         for (&t, &b) in &self.logit_bias {
@@ -166,7 +190,10 @@ impl SamplingParams {
                 ));
             }
             if !b.is_finite() {
-                return Err(invalid("logit_bias", format!("logit_bias for token {t} is not a finite number.")));
+                return Err(invalid(
+                    "logit_bias",
+                    format!("logit_bias for token {t} is not a finite number."),
+                ));
             }
         }
         Ok(())

@@ -82,7 +82,11 @@ impl SequenceSampler {
         if p.repetition_penalty != 1.0 {
             for &id in &self.seen {
                 if let Some(v) = x.get_mut(id as usize) {
-                    *v = if *v > 0.0 { *v / p.repetition_penalty } else { *v * p.repetition_penalty };
+                    *v = if *v > 0.0 {
+                        *v / p.repetition_penalty
+                    } else {
+                        *v * p.repetition_penalty
+                    };
                 }
             }
         }
@@ -128,7 +132,11 @@ impl SequenceSampler {
         if cand.is_empty() {
             return argmax(x);
         }
-        let k = if p.top_k > 0 { (p.top_k as usize).min(cand.len()) } else { cand.len() };
+        let k = if p.top_k > 0 {
+            (p.top_k as usize).min(cand.len())
+        } else {
+            cand.len()
+        };
         if k < cand.len() {
             cand.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
             cand.truncate(k);
@@ -143,7 +151,11 @@ impl SequenceSampler {
         // the maximum, so it commutes with top-k.
         if p.min_p > 0.0 {
             let floor = max + p.min_p.ln();
-            let cut = cand.iter().position(|c| c.1 < floor).unwrap_or(cand.len()).max(1);
+            let cut = cand
+                .iter()
+                .position(|c| c.1 < floor)
+                .unwrap_or(cand.len())
+                .max(1);
             probs.truncate(cut);
             cand.truncate(cut);
         }
@@ -194,8 +206,15 @@ fn raw_logprobs(logits: &[f32], token: u32, k: usize) -> (f32, Vec<(u32, f32)>) 
             .sum::<f64>()
             .ln();
     let lp = |v: f32| (v as f64 - lse) as f32;
-    let chosen = logits.get(token as usize).map(|&v| lp(v)).unwrap_or(f32::NEG_INFINITY);
-    let mut top: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+    let chosen = logits
+        .get(token as usize)
+        .map(|&v| lp(v))
+        .unwrap_or(f32::NEG_INFINITY);
+    let mut top: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i as u32, v))
+        .collect();
     let k = k.min(top.len());
     if k == 0 {
         return (chosen, Vec::new());

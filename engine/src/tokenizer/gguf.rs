@@ -17,8 +17,7 @@ const TYPE_NORMAL: i32 = 1;
 const TYPE_CONTROL: i32 = 3;
 const TYPE_USER_DEFINED: i32 = 4;
 
-const GPT2_REGEX: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -32,8 +31,9 @@ fn pre_tokenizer(pre: &str) -> (Vec<&'static str>, bool) {
         "qwen2" | "stablelm2" | "deepseek-r1-qwen" | "megrez" | "hunyuan" => {
             (vec![QWEN2_REGEX], false)
         }
-        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
-        | "minerva-7b" => (vec![r"\p{N}", GPT2_REGEX], false),
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
+            (vec![r"\p{N}", GPT2_REGEX], false)
+        }
         "gpt-2" | "gpt2" | "mpt" | "olmo" | "jais" | "default" | "trillion" => {
             (vec![GPT2_REGEX], false)
         }
@@ -88,7 +88,9 @@ impl Meta<'_> {
                     _ => Err(EngineError::Tokenizer(format!("{key}: expected strings"))),
                 })
                 .collect(),
-            _ => Err(EngineError::Tokenizer(format!("GGUF metadata has no {key}"))),
+            _ => Err(EngineError::Tokenizer(format!(
+                "GGUF metadata has no {key}"
+            ))),
         }
     }
 
@@ -128,9 +130,9 @@ pub struct GgufTokenizerInfo {
 
 pub fn from_gguf(content: &Content) -> Result<GgufTokenizerInfo> {
     let meta = Meta(content);
-    let model = meta
-        .string("tokenizer.ggml.model")
-        .ok_or_else(|| EngineError::Tokenizer("GGUF metadata has no tokenizer.ggml.model".into()))?;
+    let model = meta.string("tokenizer.ggml.model").ok_or_else(|| {
+        EngineError::Tokenizer("GGUF metadata has no tokenizer.ggml.model".into())
+    })?;
     let tokens = meta.strings("tokenizer.ggml.tokens")?;
     let types: Vec<i32> = meta
         .numbers("tokenizer.ggml.token_type")
@@ -172,7 +174,9 @@ pub fn from_gguf(content: &Content) -> Result<GgufTokenizerInfo> {
     let (model_json, normalizer, pre_tok, decoder) = match model.as_str() {
         "gpt2" => {
             let merges = meta.strings("tokenizer.ggml.merges")?;
-            let pre = meta.string("tokenizer.ggml.pre").unwrap_or_else(|| "default".into());
+            let pre = meta
+                .string("tokenizer.ggml.pre")
+                .unwrap_or_else(|| "default".into());
             let (regexes, ignore_merges) = pre_tokenizer(&pre);
             let vocab: Map<String, Json> = tokens
                 .iter()
@@ -216,7 +220,8 @@ pub fn from_gguf(content: &Content) -> Result<GgufTokenizerInfo> {
             if add_space_prefix {
                 normalizers.push(json!({"type": "Prepend", "prepend": "▁"}));
             }
-            normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
+            normalizers
+                .push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
             let mut decoders = vec![
                 json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
                 json!({"type": "ByteFallback"}),
@@ -275,14 +280,20 @@ fn post_processor(tokens: &[String], bos: Option<u32>, eos: Option<u32>) -> Json
     if let Some(b) = bos {
         single.push(json!({"SpecialToken": {"id": name(b), "type_id": 0}}));
         pair.push(json!({"SpecialToken": {"id": name(b), "type_id": 0}}));
-        specials.insert(name(b), json!({"id": name(b), "ids": [b], "tokens": [name(b)]}));
+        specials.insert(
+            name(b),
+            json!({"id": name(b), "ids": [b], "tokens": [name(b)]}),
+        );
     }
     single.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
     pair.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
     if let Some(e) = eos {
         single.push(json!({"SpecialToken": {"id": name(e), "type_id": 0}}));
         pair.push(json!({"SpecialToken": {"id": name(e), "type_id": 0}}));
-        specials.insert(name(e), json!({"id": name(e), "ids": [e], "tokens": [name(e)]}));
+        specials.insert(
+            name(e),
+            json!({"id": name(e), "ids": [e], "tokens": [name(e)]}),
+        );
     }
     pair.push(json!({"Sequence": {"id": "B", "type_id": 1}}));
     json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials})

@@ -55,7 +55,10 @@ fn token_string(v: Option<&Value>) -> Option<String> {
 fn id_list(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -141,9 +144,10 @@ impl Tokenizer {
             _ => None,
         };
         if let Some(p) = &files.chat_template {
-            chat_template = Some(std::fs::read_to_string(p).map_err(|e| {
-                EngineError::Template(format!("{}: {e}", p.display()))
-            })?);
+            chat_template = Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| EngineError::Template(format!("{}: {e}", p.display())))?,
+            );
         }
         if chat_template.is_none() {
             chat_template = gguf.and_then(|g| match g.metadata.get("tokenizer.chat_template") {
@@ -189,7 +193,9 @@ impl Tokenizer {
             t.set_encode_special_tokens(true);
             t
         });
-        let enc = plain.encode_fast(text, add_special_tokens).map_err(tok_err)?;
+        let enc = plain
+            .encode_fast(text, add_special_tokens)
+            .map_err(tok_err)?;
         Ok(enc.get_ids().to_vec())
     }
 

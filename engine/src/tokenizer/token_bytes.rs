@@ -59,10 +59,7 @@ impl TokenBytes {
     }
 
     pub fn get(&self, t: &tokenizers::Tokenizer, id: u32) -> Vec<u8> {
-        let is_added = t
-            .get_added_tokens_decoder()
-            .get(&id)
-            .is_some();
+        let is_added = t.get_added_tokens_decoder().get(&id).is_some();
         let Some(tok) = t.id_to_token(id) else {
             return Vec::new();
         };

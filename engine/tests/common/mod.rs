@@ -46,6 +46,10 @@ pub fn default_model() -> &'static Loaded {
         let files = ModelFiles::resolve(default_model_path().to_str().unwrap()).unwrap();
         let model = Model::load(&files, Some(4096)).unwrap();
         let tokenizer = Tokenizer::load(&files, model.gguf_metadata()).unwrap();
-        Loaded { files, model, tokenizer }
+        Loaded {
+            files,
+            model,
+            tokenizer,
+        }
     })
 }

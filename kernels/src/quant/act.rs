@@ -47,6 +47,10 @@ pub struct QuantizedActs {
     row_bytes: usize,
     rows: usize,
     buf: AlignedBytes,
+    /// Q8_0 / Q8_1 only: per block `[d, s]` as f32 (the f16-rounded values
+    /// stored in the blocks), so kernels need no conversions.
+    scales: Vec<f32>,
+    blocks_per_row: usize,
 }
 
 impl QuantizedActs {
@@ -62,6 +66,36 @@ impl QuantizedActs {
             let dst = &mut self.buf.as_mut_slice()[r * row_bytes..(r + 1) * row_bytes];
             quantize_row(format, src, dst);
         }
+        self.scales.clear();
+        self.blocks_per_row = cols / QK;
+        let f16 = |lo: u8, hi: u8| half::f16::from_bits(u16::from_le_bytes([lo, hi])).to_f32();
+        match format {
+            ActFormat::Q8_0 => {
+                for b in self
+                    .buf
+                    .as_slice()
+                    .chunks_exact(std::mem::size_of::<BlockQ8_0>())
+                {
+                    self.scales.extend([f16(b[0], b[1]), 0.0]);
+                }
+            }
+            ActFormat::Q8_1 => {
+                for b in self
+                    .buf
+                    .as_slice()
+                    .chunks_exact(std::mem::size_of::<BlockQ8_1>())
+                {
+                    self.scales.extend([f16(b[0], b[1]), f16(b[2], b[3])]);
+                }
+            }
+            ActFormat::F32 | ActFormat::Q8K => {}
+        }
+    }
+
+    /// Q8_0 / Q8_1 rows: `[d, s]` per block, as f32.
+    pub fn scales(&self, r: usize) -> &[f32] {
+        let n = 2 * self.blocks_per_row;
+        &self.scales[r * n..(r + 1) * n]
     }
 
     pub fn row(&self, r: usize) -> &[u8] {
@@ -75,15 +109,32 @@ impl QuantizedActs {
 
 fn view_mut<B: Pod>(bytes: &mut [u8]) -> &mut [B] {
     let size = std::mem::size_of::<B>();
-    assert!(
-        bytes.len() % size == 0 && (bytes.as_ptr() as usize) % std::mem::align_of::<B>() == 0
-    );
+    assert!(bytes.len() % size == 0 && (bytes.as_ptr() as usize) % std::mem::align_of::<B>() == 0);
     // SAFETY: Pod block, aligned, whole blocks (checked above).
     unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<B>(), bytes.len() / size) }
 }
 
 /// Quantizes one row into `dst` (exactly `format.row_bytes(src.len())` bytes).
 pub fn quantize_row(format: ActFormat, src: &[f32], dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::simd_level() >= crate::cpu::SimdLevel::Avx2 {
+        // SAFETY: the CPU reported AVX2 and FMA.
+        unsafe { quantize_row_avx2(format, src, dst) };
+        return;
+    }
+    quantize_row_impl(format, src, dst)
+}
+
+/// The same code compiled with AVX2 (rounding becomes one instruction
+/// instead of a libm call).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_row_avx2(format: ActFormat, src: &[f32], dst: &mut [u8]) {
+    quantize_row_impl(format, src, dst)
+}
+
+#[inline(always)]
+fn quantize_row_impl(format: ActFormat, src: &[f32], dst: &mut [u8]) {
     match format {
         ActFormat::F32 => {
             for (d, s) in dst.chunks_exact_mut(4).zip(src) {
@@ -91,14 +142,20 @@ pub fn quantize_row(format: ActFormat, src: &[f32], dst: &mut [u8]) {
             }
         }
         ActFormat::Q8_0 => {
-            for (b, x) in view_mut::<BlockQ8_0>(dst).iter_mut().zip(src.chunks_exact(QK)) {
+            for (b, x) in view_mut::<BlockQ8_0>(dst)
+                .iter_mut()
+                .zip(src.chunks_exact(QK))
+            {
                 let (d, qs, _) = q8_block(x);
                 b.d = half::f16::from_f32(d).to_bits();
                 b.qs = qs;
             }
         }
         ActFormat::Q8_1 => {
-            for (b, x) in view_mut::<BlockQ8_1>(dst).iter_mut().zip(src.chunks_exact(QK)) {
+            for (b, x) in view_mut::<BlockQ8_1>(dst)
+                .iter_mut()
+                .zip(src.chunks_exact(QK))
+            {
                 let (d, qs, sum) = q8_block(x);
                 b.d = half::f16::from_f32(d).to_bits();
                 b.s = half::f16::from_f32(d * sum as f32).to_bits();
@@ -106,14 +163,17 @@ pub fn quantize_row(format: ActFormat, src: &[f32], dst: &mut [u8]) {
             }
         }
         ActFormat::Q8K => {
-            for (b, x) in view_mut::<BlockQ8K>(dst).iter_mut().zip(src.chunks_exact(QK_K)) {
+            for (b, x) in view_mut::<BlockQ8K>(dst)
+                .iter_mut()
+                .zip(src.chunks_exact(QK_K))
+            {
                 q8k_block(x, b);
             }
         }
     }
 }
 
-#[inline]
+#[inline(always)]
 fn q8_block(x: &[f32]) -> (f32, [i8; QK], i32) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
@@ -128,7 +188,7 @@ fn q8_block(x: &[f32]) -> (f32, [i8; QK], i32) {
     (d, qs, sum)
 }
 
-#[inline]
+#[inline(always)]
 fn q8k_block(x: &[f32], b: &mut BlockQ8K) {
     let mut amax = 0f32;
     let mut max = 0f32;

@@ -14,7 +14,9 @@ use std::arch::x86_64::*;
 
 #[inline(always)]
 unsafe fn f16_to_f32(bits: u16) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    // A broadcast, not an insert: inserting into a live register would
+    // chain every block's conversion to the previous block.
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(bits as i16)))
 }
 
 #[inline(always)]
@@ -156,7 +158,12 @@ unsafe fn k4_scales_mins(raw: &[u8; 12]) -> __m256i {
     u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
     u[2] = uaux;
     u[0] &= KMASK1;
-    _mm256_cvtepu8_epi16(_mm_set_epi32(u[3] as i32, u[2] as i32, u[1] as i32, u[0] as i32))
+    _mm256_cvtepu8_epi16(_mm_set_epi32(
+        u[3] as i32,
+        u[2] as i32,
+        u[1] as i32,
+        u[0] as i32,
+    ))
 }
 
 /// Broadcasts 16-bit word `i` of `v` (same index in both lanes).

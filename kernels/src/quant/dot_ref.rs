@@ -113,7 +113,11 @@ fn q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
     w.iter()
         .zip(a)
         .map(|(x, y)| {
-            let s: i32 = x.qs.iter().zip(&y.qs).map(|(&p, &q)| p as i32 * q as i32).sum();
+            let s: i32 =
+                x.qs.iter()
+                    .zip(&y.qs)
+                    .map(|(&p, &q)| p as i32 * q as i32)
+                    .sum();
             f16_bits(x.d) * f16_bits(y.d) * s as f32
         })
         .sum()

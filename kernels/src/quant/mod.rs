@@ -7,6 +7,7 @@ pub mod dequant;
 pub mod dot;
 mod dot_avx2;
 pub mod dot_ref;
+pub mod gemv_avx2;
 
 use crate::{Error, Result};
 
