@@ -340,7 +340,7 @@ fn dump(
                 return Ok(());
             }
             if opts.sort_keys {
-                keys.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+                keys.sort_by_key(|a| a.to_string());
             }
             out.push('{');
             for (i, k) in keys.iter().enumerate() {

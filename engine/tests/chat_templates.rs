@@ -3,6 +3,7 @@
 //! llama-cpp-python sdist) render exactly what transformers'
 //! apply_chat_template renders (expected.json, made by
 //! scripts/chat_template_reference.py).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
 mod common;
 use llm_serve_engine::chat_template::ContentFormat;

@@ -3,6 +3,7 @@
 //! llama.cpp's prompt ids, and greedy decoding gives llama.cpp's first 32
 //! tokens (fixtures/llamacpp/greedy_smollm2.json, made by
 //! scripts/llamacpp_reference.py).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
 mod common;
 use llm_serve_engine::{ChatTemplate, Generator, SamplingParams, TemplateArgs};

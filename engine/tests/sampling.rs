@@ -1,6 +1,7 @@
 //! Every sampling parameter changes what is sampled (each test fails if
 //! its parameter were ignored), and invalid values are rejected naming the
 //! parameter.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
 mod common;
 use llm_serve_engine::{

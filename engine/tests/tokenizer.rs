@@ -2,6 +2,7 @@
 //! (and against transformers' tokenizer.json where there is one), over a
 //! multilingual corpus (fixtures/llamacpp/tokenizer_corpus.json, made by
 //! scripts/llamacpp_reference.py and scripts/make_spm_fixture.py).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
 mod common;
 use llm_serve_engine::tokenizer::IncrementalDetokenizer;

@@ -1,5 +1,6 @@
 //! Throughput of the decode GEMV on one thread: a matrix that fits in L2 and
 //! one that does not. `cargo run --release -p llm-serve-kernels --example gemv_speed`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 use llm_serve_kernels::{QMatrix, WeightType};
 use std::time::Instant;
 

@@ -5,7 +5,7 @@ use crate::{shape_err, Result};
 
 /// `gate_up` holds rows `[gate (inter), up (inter)]`; `out` rows of `inter`.
 pub fn silu_mul(gate_up: &[f32], inter: usize, out: &mut [f32]) -> Result<()> {
-    if inter == 0 || gate_up.len() % (2 * inter) != 0 || out.len() * 2 != gate_up.len() {
+    if inter == 0 || !gate_up.len().is_multiple_of(2 * inter) || out.len() * 2 != gate_up.len() {
         return Err(shape_err(
             "silu_mul",
             format!(

@@ -90,7 +90,7 @@ pub fn write_cache(
     seqs: &[SeqSpan],
 ) -> Result<()> {
     let row = geom.num_kv_heads * geom.head_dim;
-    if row == 0 || x.len() % row != 0 || cache.len() != geom.layer_len() {
+    if row == 0 || !x.len().is_multiple_of(row) || cache.len() != geom.layer_len() {
         return Err(shape_err(
             "write_cache",
             format!(
@@ -139,8 +139,8 @@ pub fn paged_attention(
     let row = num_heads * d;
     if num_heads == 0
         || geom.num_kv_heads == 0
-        || num_heads % geom.num_kv_heads != 0
-        || q.len() % row != 0
+        || !num_heads.is_multiple_of(geom.num_kv_heads)
+        || !q.len().is_multiple_of(row)
         || out.len() != q.len()
         || k_cache.len() != geom.layer_len()
         || v_cache.len() != geom.layer_len()

@@ -4,7 +4,7 @@ use crate::{shape_err, Result};
 
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<()> {
     let d = weight.len();
-    if d == 0 || x.len() % d != 0 || out.len() != x.len() {
+    if d == 0 || !x.len().is_multiple_of(d) || out.len() != x.len() {
         return Err(shape_err(
             "rms_norm",
             format!("x {} / weight {d} / out {}", x.len(), out.len()),

@@ -1,10 +1,12 @@
 //! Paged attention against dense causal attention on random inputs.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
 mod common;
 use common::*;
 use llm_serve_kernels::attention::{paged_attention, write_cache, KvGeometry, SeqSpan};
 use rand::seq::SliceRandom;
 
+#[allow(clippy::too_many_arguments)]
 /// Dense causal attention of one sequence's new queries over its full K/V
 /// (`[positions, kv_heads, d]`), in f64.
 fn dense(

@@ -1,4 +1,5 @@
 //! RMSNorm, rotary embeddings and SwiGLU against their formulas.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
 mod common;
 use common::*;

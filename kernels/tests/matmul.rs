@@ -1,4 +1,5 @@
 //! Weight-matrix products: both paths against f32 arithmetic, row fusion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
 mod common;
 use candle_core::quantized::QTensor;

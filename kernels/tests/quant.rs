@@ -1,5 +1,6 @@
 //! Block formats: dequantization against candle's reference, SIMD dot
 //! products against the portable ones, and both against f32 arithmetic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
 mod common;
 use candle_core::quantized::QTensor;

@@ -54,7 +54,7 @@ impl GgufFile {
             .map_err(|e| self.tensor_err(name, e.to_string()))?;
         let dims = info.shape.dims().to_vec();
         let elems: usize = dims.iter().product();
-        if elems % wtype.block_elems() != 0 {
+        if !elems.is_multiple_of(wtype.block_elems()) {
             return Err(self.tensor_err(
                 name,
                 format!("{elems} elements are not whole {wtype} blocks"),

@@ -23,4 +23,6 @@ pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result};
 pub use kv_cache::{CacheDtype, KvCache};
 pub use llama::Model;
-pub use source::{ModelFiles, ModelSource, WeightsFormat};
+pub use source::{
+    default_model_path, models_dir, ModelFiles, ModelSource, WeightsFormat, DEFAULT_MODEL_FILE,
+};

@@ -18,9 +18,40 @@ pub enum ModelSource {
     },
 }
 
+/// The file name of the default model (SmolLM2-135M-Instruct, Q4_1).
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Where models fetched by `scripts/fetch-default-model.sh` live:
+/// `$LLM_SERVE_MODELS_DIR`, else `~/.cache/llm-serve/models`.
+pub fn models_dir() -> PathBuf {
+    match std::env::var("LLM_SERVE_MODELS_DIR") {
+        Ok(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into()))
+            .join(".cache/llm-serve/models"),
+    }
+}
+
+/// The default model's GGUF path (whether or not it has been fetched).
+pub fn default_model_path() -> PathBuf {
+    models_dir().join(DEFAULT_MODEL_FILE)
+}
+
 impl ModelSource {
-    /// Local paths win over hub ids when both could match.
+    /// Local paths win over hub ids when both could match; `default` names
+    /// the default model.
     pub fn parse(s: &str) -> Result<Self> {
+        if s == "default" {
+            let p = default_model_path();
+            if !p.is_file() {
+                return Err(ModelError::MissingFile {
+                    dir: models_dir(),
+                    file: format!(
+                        "{DEFAULT_MODEL_FILE} (the default model; fetch it with scripts/fetch-default-model.sh)"
+                    ),
+                });
+            }
+            return Ok(ModelSource::Path(p));
+        }
         let path = Path::new(s);
         if path.exists() {
             return Ok(ModelSource::Path(path.to_path_buf()));

@@ -3,6 +3,7 @@
 //! scripts/make_tiny_models.py) give transformers' full-sequence logits.
 //! Also checks that chunked prefill, ragged batches and block layout do not
 //! change a sequence's logits.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
 use candle_core::Tensor;
 use llm_serve_models::{KvCache, LogitsWanted, Model, ModelFiles, SeqInput};
@@ -21,7 +22,7 @@ struct Case {
     logits: Vec<f32>,
 }
 
-fn cases(dir: &PathBuf) -> Vec<Case> {
+fn cases(dir: &std::path::Path) -> Vec<Case> {
     let bytes = std::fs::read(dir.join("expected_logits.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut out = Vec::new();

@@ -1,6 +1,7 @@
 //! Model sources: local GGUF files, Hugging Face directories and hub ids
 //! through hf-hub's cache; every missing or corrupt file is an error naming
 //! the file and what is wrong, never a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
 use llm_serve_models::{Model, ModelError, ModelFiles, WeightsFormat};
 use std::path::{Path, PathBuf};

@@ -12,10 +12,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let threads = llm_serve_kernels::threads::init(args.threads.unwrap_or(0));
     let files = ModelFiles::resolve(&args.model)?;
     let total = args.prompt_tokens + args.gen_tokens;
+    let context = args.prompt_tokens.max(args.gen_tokens);
     let model = Model::load(&files, None)?;
     anyhow::ensure!(
-        args.prompt_tokens > 0 && total <= model.max_model_len(),
-        "need 0 < prompt + generated tokens <= the model's context of {}",
+        args.prompt_tokens > 0 && context <= model.max_model_len(),
+        "need 0 < prompt tokens, and prompt and generated tokens each within the model's context of {}",
         model.max_model_len()
     );
     let vocab = model.config().vocab_size as u64;
@@ -23,10 +24,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let ids: Vec<u32> = (0..total as u64)
         .map(|i| ((i * 2_654_435_761 + 17) % vocab) as u32)
         .collect();
-    let table: Vec<u32> = (0..total.div_ceil(BLOCK_SIZE) as u32).collect();
+    let table: Vec<u32> = (0..context.div_ceil(BLOCK_SIZE) as u32).collect();
     let mut cache = KvCache::new(model.config(), table.len(), BLOCK_SIZE, model.device())?;
-    let mut best_pp = f64::MAX;
-    let mut best_tg = f64::MAX;
+    // As llama-bench: the prompt test processes `prompt_tokens` from an
+    // empty cache in one pass; the generation test decodes `gen_tokens` one
+    // at a time, also from an empty cache.
+    let mut pp_rates = Vec::new();
+    let mut tg_rates = Vec::new();
     for rep in 0..=args.repetitions.max(1) {
         let t = Instant::now();
         model.forward(
@@ -40,10 +44,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         )?;
         let pp = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        for i in args.prompt_tokens..total {
+        for i in 0..args.gen_tokens {
             model.forward(
                 &[SeqInput {
-                    tokens: &ids[i..i + 1],
+                    tokens: &ids[args.prompt_tokens + i..args.prompt_tokens + i + 1],
                     start_pos: i,
                     block_table: &table,
                     logits: LogitsWanted::Last,
@@ -52,17 +56,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
             )?;
         }
         let tg = t.elapsed().as_secs_f64();
+        // The first round warms caches and allocations up.
         if rep > 0 {
-            best_pp = best_pp.min(pp);
-            best_tg = best_tg.min(tg);
+            pp_rates.push(args.prompt_tokens as f64 / pp);
+            if args.gen_tokens > 0 {
+                tg_rates.push(args.gen_tokens as f64 / tg);
+            }
         }
     }
-    let pp_tps = args.prompt_tokens as f64 / best_pp;
-    let tg_tps = if args.gen_tokens > 0 {
-        args.gen_tokens as f64 / best_tg
-    } else {
-        0.0
-    };
+    let (pp_tps, pp_sd) = mean_sd(&pp_rates);
+    let (tg_tps, tg_sd) = mean_sd(&tg_rates);
     if args.json {
         println!(
             "{}",
@@ -73,20 +76,40 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "prompt_tokens": args.prompt_tokens,
                 "gen_tokens": args.gen_tokens,
                 "prefill_tokens_per_s": pp_tps,
+                "prefill_stddev": pp_sd,
                 "decode_tokens_per_s": tg_tps,
+                "decode_stddev": tg_sd,
+                "repetitions": pp_rates.len(),
             })
         );
     } else {
         println!(
-            "{}: {} threads ({}), pp{}: {:.1} tokens/s, tg{}: {:.1} tokens/s",
+            "{}: {} threads ({}), pp{}: {:.1} ± {:.1} tokens/s, tg{}: {:.1} ± {:.1} tokens/s",
             args.model,
             threads,
             llm_serve_kernels::cpu::simd_level().name(),
             args.prompt_tokens,
             pp_tps,
+            pp_sd,
             args.gen_tokens,
-            tg_tps
+            tg_tps,
+            tg_sd
         );
     }
     Ok(())
+}
+
+/// Mean and sample standard deviation.
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    if xs.is_empty() {
+        return (0.0, 0.0);
+    }
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
 }

@@ -36,7 +36,8 @@ pub struct BenchArgs {
     /// Tokens generated one at a time after the prompt.
     #[arg(long, default_value_t = 128)]
     pub gen_tokens: usize,
-    /// Measured repetitions (the best is reported; one warm-up runs first).
+    /// Measured repetitions (mean and deviation are reported; one warm-up
+    /// round runs first).
     #[arg(long, default_value_t = 3)]
     pub repetitions: usize,
     /// Compute threads (default: all cores).

@@ -103,7 +103,10 @@ impl SamplingParams {
                 ),
             ));
         }
-        if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 2.0) {
+        if self.repetition_penalty.is_nan()
+            || self.repetition_penalty <= 0.0
+            || self.repetition_penalty > 2.0
+        {
             return Err(invalid(
                 "repetition_penalty",
                 format!(
@@ -112,7 +115,7 @@ impl SamplingParams {
                 ),
             ));
         }
-        if !(self.temperature >= 0.0) || !self.temperature.is_finite() {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
             return Err(invalid(
                 "temperature",
                 format!(
@@ -121,7 +124,7 @@ impl SamplingParams {
                 ),
             ));
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+        if self.top_p.is_nan() || self.top_p <= 0.0 || self.top_p > 1.0 {
             return Err(invalid(
                 "top_p",
                 format!("top_p must be in (0, 1], got {}.", self.top_p),

@@ -1,4 +1,5 @@
 //! Helpers shared by the engine tests: fixtures and the default model.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 #![allow(dead_code)]
 
 use llm_serve_engine::Tokenizer;
@@ -18,12 +19,7 @@ pub fn read_json(rel: &str) -> serde_json::Value {
 
 /// The default model's GGUF (fetched by scripts/fetch-default-model.sh).
 pub fn default_model_path() -> PathBuf {
-    let dir = std::env::var("LLM_SERVE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/llm-serve/models")
-        });
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p = llm_serve_models::default_model_path();
     assert!(
         p.is_file(),
         "{} is missing: run scripts/fetch-default-model.sh first",

@@ -109,7 +109,10 @@ impl QuantizedActs {
 
 fn view_mut<B: Pod>(bytes: &mut [u8]) -> &mut [B] {
     let size = std::mem::size_of::<B>();
-    assert!(bytes.len() % size == 0 && (bytes.as_ptr() as usize) % std::mem::align_of::<B>() == 0);
+    assert!(
+        bytes.len().is_multiple_of(size)
+            && (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<B>())
+    );
     // SAFETY: Pod block, aligned, whole blocks (checked above).
     unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<B>(), bytes.len() / size) }
 }

@@ -154,7 +154,8 @@ unsafe impl Pod for f32 {}
 pub fn view<B: Pod>(bytes: &[u8]) -> &[B] {
     let size = std::mem::size_of::<B>();
     assert!(
-        bytes.len() % size == 0 && (bytes.as_ptr() as usize) % std::mem::align_of::<B>() == 0,
+        bytes.len().is_multiple_of(size)
+            && (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<B>()),
         "block view of {} bytes misaligned or not whole blocks of {size}",
         bytes.len()
     );

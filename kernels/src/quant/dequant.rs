@@ -89,8 +89,8 @@ fn q5_1(blocks: &[BlockQ5_1], out: &mut [f32]) {
 fn q8_0(blocks: &[BlockQ8_0], out: &mut [f32]) {
     for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK)) {
         let d = f16_bits(b.d);
-        for j in 0..QK {
-            y[j] = b.qs[j] as f32 * d;
+        for (v, &q) in y.iter_mut().zip(&b.qs) {
+            *v = q as f32 * d;
         }
     }
 }

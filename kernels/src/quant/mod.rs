@@ -71,7 +71,7 @@ impl WeightType {
     /// number of blocks.
     pub fn row_bytes(self, cols: usize) -> Result<usize> {
         let be = self.block_elems();
-        if cols % be != 0 {
+        if !cols.is_multiple_of(be) {
             return Err(Error::Invalid(format!(
                 "a row of {cols} elements is not a whole number of {self:?} blocks ({be} elements each)"
             )));

@@ -1,4 +1,5 @@
 //! Helpers shared by the kernel tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 #![allow(dead_code)]
 
 use rand::rngs::StdRng;
