@@ -294,8 +294,9 @@ impl QMatrix {
 
 #[cfg(target_arch = "x86_64")]
 fn tiled_kernel(wtype: WeightType) -> Option<GemvFn> {
-    if crate::cpu::simd_level() >= crate::cpu::SimdLevel::Avx2 {
-        crate::quant::gemv_avx2::kernel(wtype)
+    let level = crate::cpu::simd_level();
+    if level >= crate::cpu::SimdLevel::Avx2 {
+        crate::quant::gemv_avx2::kernel(wtype, level)
     } else {
         None
     }

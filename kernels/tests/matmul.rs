@@ -148,3 +148,63 @@ fn dot_path_equals_portable_dots() {
         }
     }
 }
+
+/// Each SIMD level's tiled kernel (AVX2, and AVX-512 VNNI where the CPU has
+/// it) equals the portable dot products for every tile shape.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn every_tiled_kernel_level_equals_portable_dots() {
+    use llm_serve_kernels::cpu::{simd_level, SimdLevel};
+    use llm_serve_kernels::quant::act::{ActFormat, QuantizedActs};
+    use llm_serve_kernels::quant::dot_ref;
+    use llm_serve_kernels::quant::gemv_avx2::{kernel, ActRow};
+    let mut r = rng(15);
+    let (rows, cols) = (11, 512);
+    let levels: Vec<SimdLevel> = [SimdLevel::Avx2, SimdLevel::Avx512]
+        .into_iter()
+        .filter(|&l| l <= simd_level())
+        .collect();
+    for wtype in WeightType::ALL {
+        let q = matrix(wtype, rows, cols, &randn(&mut r, rows * cols, 1.0));
+        let format = ActFormat::for_weight(wtype);
+        for &level in &levels {
+            let Some(k) = kernel(wtype, level) else {
+                continue;
+            };
+            for m in 1..=6 {
+                let x = randn(&mut r, m * cols, 1.5);
+                let mut acts = QuantizedActs::default();
+                acts.quantize(format, &x, m, cols);
+                let act_rows: Vec<ActRow> = (0..m)
+                    .map(|t| ActRow {
+                        blocks: acts.row(t),
+                        scales: acts.scales(t),
+                    })
+                    .collect();
+                let bytes: Vec<u8> = (0..rows).flat_map(|i| q.row(i).to_vec()).collect();
+                let aligned = llm_serve_kernels::buffer::AlignedBytes::from_slice(&bytes);
+                let mut out = vec![0f32; rows * m];
+                // SAFETY: `level` is at most what this CPU supports.
+                unsafe {
+                    k(
+                        aligned.as_slice(),
+                        q.row(0).len(),
+                        rows,
+                        &act_rows,
+                        &mut out,
+                    )
+                };
+                for row in 0..rows {
+                    for t in 0..m {
+                        let want = dot_ref::dot(wtype, q.row(row), acts.row(t));
+                        let got = out[row * m + t];
+                        assert!(
+                            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                            "{wtype} {level:?} m={m} row {row} act {t}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! AVX2 products of weight rows in the 32-element block formats (Q4_0,
+//! AVX2 / AVX-512 VNNI products of weight rows in the 32-element block formats (Q4_0,
 //! Q4_1, Q5_0, Q5_1, Q8_0) with a few quantized activation rows: the decode
 //! path's hot loop.
 //!
@@ -17,6 +17,7 @@
 
 use super::blocks::{BlockQ8_0, BlockQ8_1};
 use super::WeightType;
+use crate::cpu::SimdLevel;
 use std::arch::x86_64::*;
 
 /// Bytes ahead of the current block to prefetch.
@@ -62,6 +63,29 @@ unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// Sums of four u8 x i8 products into i32 lanes.
+trait DotOp {
+    unsafe fn dot(ax: __m256i, sy: __m256i) -> __m256i;
+}
+
+/// AVX2: `maddubs` (pairs to i16) then `madd` (pairs to i32).
+struct Avx2Dot;
+impl DotOp for Avx2Dot {
+    #[inline(always)]
+    unsafe fn dot(ax: __m256i, sy: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
+    }
+}
+
+/// AVX-512 VNNI (on 256-bit registers): one `vpdpbusd`, same integers.
+struct VnniDot;
+impl DotOp for VnniDot {
+    #[inline(always)]
+    unsafe fn dot(ax: __m256i, sy: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy)
+    }
 }
 
 /// A 32-element weight block format.
@@ -145,7 +169,7 @@ impl Block32 for Q8_0 {
 /// `out[r][t]` for a tile of R weight rows (starting at `w`, `row_bytes`
 /// apart) and M activation rows.
 #[inline(always)]
-unsafe fn tile<K: Block32, const R: usize, const M: usize>(
+unsafe fn tile<K: Block32, D: DotOp, const R: usize, const M: usize>(
     w: *const u8,
     row_bytes: usize,
     nb: usize,
@@ -185,7 +209,7 @@ unsafe fn tile<K: Block32, const R: usize, const M: usize>(
                 } else {
                     qy[t]
                 };
-                let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1));
+                let prod = D::dot(ax, sy);
                 acc[r][t] = _mm256_fmadd_ps(
                     _mm256_set1_ps(dw * da[t]),
                     _mm256_cvtepi32_ps(prod),
@@ -208,7 +232,7 @@ unsafe fn tile<K: Block32, const R: usize, const M: usize>(
 
 /// `out[r * acts.len() + t] = dot(row r, act t)` for `nrows` rows at `w`.
 #[inline(always)]
-unsafe fn rows<K: Block32>(
+unsafe fn rows<K: Block32, D: DotOp>(
     w: &[u8],
     row_bytes: usize,
     nrows: usize,
@@ -222,13 +246,13 @@ unsafe fn rows<K: Block32>(
     if m == 1 {
         let a = [acts[0]];
         while r + 2 <= nrows {
-            let o = tile::<K, 2, 1>(base.add(r * row_bytes), row_bytes, nb, &a);
+            let o = tile::<K, D, 2, 1>(base.add(r * row_bytes), row_bytes, nb, &a);
             out[r] = o[0][0];
             out[r + 1] = o[1][0];
             r += 2;
         }
         if r < nrows {
-            out[r] = tile::<K, 1, 1>(base.add(r * row_bytes), row_bytes, nb, &a)[0][0];
+            out[r] = tile::<K, D, 1, 1>(base.add(r * row_bytes), row_bytes, nb, &a)[0][0];
         }
         return;
     }
@@ -239,15 +263,15 @@ unsafe fn rows<K: Block32>(
             let left = m - t;
             let o = &mut out[r * m + t..];
             match left {
-                1 => o[0] = tile::<K, 1, 1>(p, row_bytes, nb, &[acts[t]])[0][0],
+                1 => o[0] = tile::<K, D, 1, 1>(p, row_bytes, nb, &[acts[t]])[0][0],
                 2 => o[..2].copy_from_slice(
-                    &tile::<K, 1, 2>(p, row_bytes, nb, &[acts[t], acts[t + 1]])[0],
+                    &tile::<K, D, 1, 2>(p, row_bytes, nb, &[acts[t], acts[t + 1]])[0],
                 ),
                 3 => o[..3].copy_from_slice(
-                    &tile::<K, 1, 3>(p, row_bytes, nb, &[acts[t], acts[t + 1], acts[t + 2]])[0],
+                    &tile::<K, D, 1, 3>(p, row_bytes, nb, &[acts[t], acts[t + 1], acts[t + 2]])[0],
                 ),
                 _ => o[..4].copy_from_slice(
-                    &tile::<K, 1, 4>(
+                    &tile::<K, D, 1, 4>(
                         p,
                         row_bytes,
                         nb,
@@ -265,33 +289,60 @@ pub type GemvFn = unsafe fn(&[u8], usize, usize, &[ActRow], &mut [f32]);
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemv_q4_0(w: &[u8], rb: usize, n: usize, a: &[ActRow], o: &mut [f32]) {
-    rows::<Q4_0>(w, rb, n, a, o)
+    rows::<Q4_0, Avx2Dot>(w, rb, n, a, o)
+}
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn gemv_q4_0_vnni(w: &[u8], rb: usize, n: usize, a: &[ActRow], o: &mut [f32]) {
+    rows::<Q4_0, VnniDot>(w, rb, n, a, o)
 }
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemv_q4_1(w: &[u8], rb: usize, n: usize, a: &[ActRow], o: &mut [f32]) {
-    rows::<Q4_1>(w, rb, n, a, o)
+    rows::<Q4_1, Avx2Dot>(w, rb, n, a, o)
+}
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn gemv_q4_1_vnni(w: &[u8], rb: usize, n: usize, a: &[ActRow], o: &mut [f32]) {
+    rows::<Q4_1, VnniDot>(w, rb, n, a, o)
 }
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemv_q5_0(w: &[u8], rb: usize, n: usize, a: &[ActRow], o: &mut [f32]) {
-    rows::<Q5_0>(w, rb, n, a, o)
+    rows::<Q5_0, Avx2Dot>(w, rb, n, a, o)
+}
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn gemv_q5_0_vnni(w: &[u8], rb: usize, n: usize, a: &[ActRow], o: &mut [f32]) {
+    rows::<Q5_0, VnniDot>(w, rb, n, a, o)
 }
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemv_q5_1(w: &[u8], rb: usize, n: usize, a: &[ActRow], o: &mut [f32]) {
-    rows::<Q5_1>(w, rb, n, a, o)
+    rows::<Q5_1, Avx2Dot>(w, rb, n, a, o)
+}
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn gemv_q5_1_vnni(w: &[u8], rb: usize, n: usize, a: &[ActRow], o: &mut [f32]) {
+    rows::<Q5_1, VnniDot>(w, rb, n, a, o)
 }
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemv_q8_0(w: &[u8], rb: usize, n: usize, a: &[ActRow], o: &mut [f32]) {
-    rows::<Q8_0>(w, rb, n, a, o)
+    rows::<Q8_0, Avx2Dot>(w, rb, n, a, o)
+}
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn gemv_q8_0_vnni(w: &[u8], rb: usize, n: usize, a: &[ActRow], o: &mut [f32]) {
+    rows::<Q8_0, VnniDot>(w, rb, n, a, o)
 }
 
-/// The tiled kernel for `wtype` (caller checks the CPU has AVX2/FMA/F16C).
-pub fn kernel(wtype: WeightType) -> Option<GemvFn> {
-    Some(match wtype {
-        WeightType::Q4_0 => gemv_q4_0,
-        WeightType::Q4_1 => gemv_q4_1,
-        WeightType::Q5_0 => gemv_q5_0,
-        WeightType::Q5_1 => gemv_q5_1,
-        WeightType::Q8_0 => gemv_q8_0,
+/// The tiled kernel for `wtype` at `level` (AVX2 or better; the caller
+/// checks the CPU).
+pub fn kernel(wtype: WeightType, level: SimdLevel) -> Option<GemvFn> {
+    let vnni = level >= SimdLevel::Avx512;
+    Some(match (wtype, vnni) {
+        (WeightType::Q4_0, false) => gemv_q4_0,
+        (WeightType::Q4_0, true) => gemv_q4_0_vnni,
+        (WeightType::Q4_1, false) => gemv_q4_1,
+        (WeightType::Q4_1, true) => gemv_q4_1_vnni,
+        (WeightType::Q5_0, false) => gemv_q5_0,
+        (WeightType::Q5_0, true) => gemv_q5_0_vnni,
+        (WeightType::Q5_1, false) => gemv_q5_1,
+        (WeightType::Q5_1, true) => gemv_q5_1_vnni,
+        (WeightType::Q8_0, false) => gemv_q8_0,
+        (WeightType::Q8_0, true) => gemv_q8_0_vnni,
         _ => return None,
     })
 }
