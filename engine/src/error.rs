@@ -20,6 +20,9 @@ pub enum EngineError {
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
+    /// The engine itself failed (its thread is gone, ...).
+    #[error("engine: {0}")]
+    Internal(String),
     #[error(transparent)]
     Model(#[from] llm_serve_models::ModelError),
     #[error(transparent)]

@@ -89,6 +89,7 @@ impl<'m> Generator<'m> {
                 self.model.config(),
                 blocks,
                 BLOCK_SIZE,
+                self.model.default_cache_dtype(),
                 self.model.device(),
             )?);
         }

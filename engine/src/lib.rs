@@ -3,6 +3,7 @@
 //! model runtime.
 
 pub mod chat_template;
+pub mod engine;
 mod error;
 pub mod generate;
 pub mod output;
@@ -10,6 +11,10 @@ pub mod sampling;
 pub mod tokenizer;
 
 pub use chat_template::{ChatTemplate, TemplateArgs};
+pub use engine::{
+    Engine, EngineConfig, EngineEvent, EngineInfo, EngineRequest, EngineStats, RequestStream,
+    SchedulingPolicy, TokenDelta, Usage,
+};
 pub use error::{EngineError, Result};
 pub use generate::{Generation, Generator};
 pub use output::{FinishReason, OutputState, TokenUpdate};

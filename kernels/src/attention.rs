@@ -33,6 +33,17 @@ impl KvGeometry {
     }
 }
 
+/// The precision K/V values are kept at in the cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvPrecision {
+    /// Full f32.
+    #[default]
+    F32,
+    /// Rounded to f16 on write (llama.cpp's default cache type). The values
+    /// are still stored in f32 slots.
+    F16,
+}
+
 /// One sequence's part of a ragged batch.
 #[derive(Clone, Copy, Debug)]
 pub struct SeqSpan<'a> {
@@ -88,6 +99,7 @@ pub fn write_cache(
     cache: &mut [f32],
     x: &[f32],
     seqs: &[SeqSpan],
+    precision: KvPrecision,
 ) -> Result<()> {
     let row = geom.num_kv_heads * geom.head_dim;
     if row == 0 || !x.len().is_multiple_of(row) || cache.len() != geom.layer_len() {
@@ -112,7 +124,15 @@ pub fn write_cache(
             for h in 0..geom.num_kv_heads {
                 let dst = geom.offset(block, h, slot);
                 let src = (t * geom.num_kv_heads + h) * d;
-                cache[dst..dst + d].copy_from_slice(&x[src..src + d]);
+                let (to, from) = (&mut cache[dst..dst + d], &x[src..src + d]);
+                match precision {
+                    KvPrecision::F32 => to.copy_from_slice(from),
+                    KvPrecision::F16 => {
+                        for (c, v) in to.iter_mut().zip(from) {
+                            *c = half::f16::from_f32(*v).to_f32();
+                        }
+                    }
+                }
             }
         }
     }

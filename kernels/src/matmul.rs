@@ -1,13 +1,20 @@
 //! Weight matrices in any supported format and their product with f32
 //! activations.
 //!
-//! Two paths, picked by the number of activation rows `m`:
-//! - few rows (decode): activations are quantized to 8-bit blocks once, then
-//!   every weight row is dotted with every activation row by the SIMD
-//!   integer kernel, rows split across threads. The weights stream from
-//!   memory exactly once.
-//! - many rows (prefill): tiles of weight rows are dequantized to f32 and
+//! Two paths:
+//! - the dot path: activations are quantized to 8-bit blocks once (for
+//!   quantized weights), then every weight row is dotted with every
+//!   activation row by the SIMD kernel, rows split across threads. The
+//!   weights stream from memory once per call.
+//! - the GEMM path: tiles of weight rows are dequantized to f32 and
 //!   multiplied with a cache-blocked f32 GEMM, tiles split across threads.
+//!
+//! Quantized weights always take the dot path. Each output element is then
+//! computed by the same sequence of operations whatever the other rows of
+//! the batch are, so a sequence's logits do not depend on what it is
+//! batched with (greedy outputs are batch-invariant, bit for bit). Float
+//! weights take the GEMM path above [`GEMV_MAX_ROWS`] rows, trading that
+//! invariance for prefill speed.
 
 use crate::buffer::AlignedBytes;
 use crate::quant::act::{ActFormat, QuantizedActs};
@@ -19,7 +26,7 @@ use crate::quant::WeightType;
 use crate::{shape_err, Error, Result};
 use std::cell::RefCell;
 
-/// Up to this many activation rows take the quantized-dot path.
+/// Up to this many activation rows, float weights take the dot path.
 pub const GEMV_MAX_ROWS: usize = 8;
 
 /// Weight rows dequantized per GEMM tile.
@@ -175,12 +182,18 @@ impl QMatrix {
         if m == 0 {
             return Ok(());
         }
-        if m <= GEMV_MAX_ROWS {
+        if m <= GEMV_MAX_ROWS || self.is_batch_invariant() {
             self.matmul_dot(x, m, out);
         } else {
             self.matmul_gemm(x, m, out);
         }
         Ok(())
+    }
+
+    /// Whether every row's product is independent of the batch around it
+    /// (true for formats multiplied through integer dot products).
+    pub fn is_batch_invariant(&self) -> bool {
+        ActFormat::for_weight(self.wtype) != ActFormat::F32
     }
 
     /// The quantized-dot path (also used directly by tests and benchmarks).

@@ -4,7 +4,7 @@
 //! All ops take f32, row-major, contiguous inputs (what the model produces);
 //! anything else is an error, not a silent copy.
 
-use crate::attention::{paged_attention, write_cache, KvGeometry, SeqSpan};
+use crate::attention::{paged_attention, write_cache, KvGeometry, KvPrecision, SeqSpan};
 use crate::matmul::QMatrix;
 use crate::rope::RopeTable;
 use candle_core::{
@@ -172,6 +172,7 @@ impl CustomOp1 for Embedding<'_> {
 pub struct WriteCache<'a> {
     pub geom: KvGeometry,
     pub seqs: &'a [SeqSpan<'a>],
+    pub precision: KvPrecision,
 }
 
 impl InplaceOp2 for WriteCache<'_> {
@@ -182,7 +183,7 @@ impl InplaceOp2 for WriteCache<'_> {
     fn cpu_fwd(&self, c: &mut CpuStorage, cl: &Layout, x: &CpuStorage, xl: &Layout) -> Result<()> {
         let x = f32s("write_cache", x, xl)?;
         let cache = f32s_mut("write_cache", c, cl)?;
-        write_cache(&self.geom, cache, x, self.seqs).map_err(kernel_err)
+        write_cache(&self.geom, cache, x, self.seqs, self.precision).map_err(kernel_err)
     }
 }
 

@@ -3,7 +3,9 @@
 
 mod common;
 use common::*;
-use llm_serve_kernels::attention::{paged_attention, write_cache, KvGeometry, SeqSpan};
+use llm_serve_kernels::attention::{
+    paged_attention, write_cache, KvGeometry, KvPrecision, SeqSpan,
+};
 use rand::seq::SliceRandom;
 
 #[allow(clippy::too_many_arguments)]
@@ -133,8 +135,8 @@ fn check(
                 block_table: &seqs[i].table,
             });
         }
-        write_cache(&geom, &mut k_cache, &k_all, &spans).unwrap();
-        write_cache(&geom, &mut v_cache, &v_all, &spans).unwrap();
+        write_cache(&geom, &mut k_cache, &k_all, &spans, KvPrecision::F32).unwrap();
+        write_cache(&geom, &mut v_cache, &v_all, &spans, KvPrecision::F32).unwrap();
         let mut out = vec![0f32; q_all.len()];
         paged_attention(
             &geom, &q_all, &k_cache, &v_cache, heads, &spans, scale, &mut out,

@@ -208,3 +208,32 @@ fn every_tiled_kernel_level_equals_portable_dots() {
         }
     }
 }
+
+/// Quantized weights give every activation row the same product, bit for
+/// bit, whatever rows it is batched with (what makes greedy decoding
+/// batch-invariant).
+#[test]
+fn quantized_matmul_rows_are_batch_invariant() {
+    let mut r = rng(16);
+    let (rows, cols) = (45, 512);
+    for wtype in WeightType::ALL {
+        let q = matrix(wtype, rows, cols, &randn(&mut r, rows * cols, 1.0));
+        if !q.is_batch_invariant() {
+            continue;
+        }
+        let m = 37;
+        let x = randn(&mut r, m * cols, 1.5);
+        let mut batched = vec![0f32; m * rows];
+        q.matmul(&x, m, &mut batched).unwrap();
+        for t in 0..m {
+            let mut alone = vec![0f32; rows];
+            q.matmul(&x[t * cols..(t + 1) * cols], 1, &mut alone)
+                .unwrap();
+            assert_eq!(
+                &batched[t * rows..(t + 1) * rows],
+                &alone[..],
+                "{wtype}: row {t} differs when batched"
+            );
+        }
+    }
+}

@@ -4,22 +4,34 @@
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
-use llm_serve_kernels::attention::KvGeometry;
+use llm_serve_kernels::attention::{KvGeometry, KvPrecision};
 
-/// Element type of the cache.
+/// Precision of the cached K/V values (vLLM's `kv_cache_dtype`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheDtype {
     F32,
+    /// Values rounded to f16, as llama.cpp caches them by default. They
+    /// are stored in f32 slots: the memory is that of an f32 cache.
+    F16,
 }
 
 impl CacheDtype {
+    /// Bytes one cached value takes.
     pub fn bytes(self) -> usize {
         4
+    }
+
+    pub fn precision(self) -> KvPrecision {
+        match self {
+            CacheDtype::F32 => KvPrecision::F32,
+            CacheDtype::F16 => KvPrecision::F16,
+        }
     }
 }
 
 pub struct KvCache {
     geom: KvGeometry,
+    dtype: CacheDtype,
     layers: Vec<(Tensor, Tensor)>,
 }
 
@@ -33,6 +45,7 @@ impl KvCache {
         cfg: &ModelConfig,
         num_blocks: usize,
         block_size: usize,
+        dtype: CacheDtype,
         device: &Device,
     ) -> Result<Self> {
         if num_blocks == 0 || block_size == 0 {
@@ -55,11 +68,19 @@ impl KvCache {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache { geom, layers })
+        Ok(KvCache {
+            geom,
+            dtype,
+            layers,
+        })
     }
 
     pub fn geometry(&self) -> KvGeometry {
         self.geom
+    }
+
+    pub fn dtype(&self) -> CacheDtype {
+        self.dtype
     }
 
     pub fn num_blocks(&self) -> usize {

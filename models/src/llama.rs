@@ -5,7 +5,7 @@ use crate::batch::{LogitsWanted, SeqInput};
 use crate::config::{ModelConfig, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{CacheDtype, KvCache};
 use crate::linear::Linear;
 use crate::rope_scaling::inv_freq;
 use crate::safetensors_store::SafetensorsStore;
@@ -194,6 +194,17 @@ impl Model {
         &self.cfg
     }
 
+    /// The cache precision that matches the reference implementation of
+    /// this model's format: f16 for GGUF (as llama.cpp), f32 for
+    /// safetensors (computed in f32, as transformers in f32).
+    pub fn default_cache_dtype(&self) -> CacheDtype {
+        if self.gguf.is_some() {
+            CacheDtype::F16
+        } else {
+            CacheDtype::F32
+        }
+    }
+
     pub fn max_model_len(&self) -> usize {
         self.max_model_len
     }
@@ -291,7 +302,11 @@ impl Model {
                 head_dim: d,
             })?;
             let (k_cache, v_cache) = cache.layer(li);
-            let write = WriteCache { geom, seqs: &spans };
+            let write = WriteCache {
+                geom,
+                seqs: &spans,
+                precision: cache.dtype().precision(),
+            };
             k_cache.inplace_op2(&k, &write)?;
             v_cache.inplace_op2(&v, &write)?;
             let attn = q.apply_op3_no_bwd(

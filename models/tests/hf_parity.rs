@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
 use candle_core::Tensor;
-use llm_serve_models::{KvCache, LogitsWanted, Model, ModelFiles, SeqInput};
+use llm_serve_models::{CacheDtype, KvCache, LogitsWanted, Model, ModelFiles, SeqInput};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::path::PathBuf;
@@ -73,8 +73,14 @@ fn check_alone(name: &str, block_size: usize) {
     let model = load(name);
     for (i, case) in cases(&fixture(name)).iter().enumerate() {
         let blocks = case.ids.len().div_ceil(block_size);
-        let mut cache =
-            KvCache::new(model.config(), blocks + 2, block_size, model.device()).unwrap();
+        let mut cache = KvCache::new(
+            model.config(),
+            blocks + 2,
+            block_size,
+            CacheDtype::F32,
+            model.device(),
+        )
+        .unwrap();
         let table: Vec<u32> = (0..blocks as u32).rev().collect();
         let out = model
             .forward(
@@ -143,7 +149,14 @@ fn chunked_ragged_batches_equal_each_sequence_alone() {
         let cases = cases(&fixture(name));
         let bs = 4;
         let total_blocks: usize = cases.iter().map(|c| c.ids.len().div_ceil(bs)).sum();
-        let mut cache = KvCache::new(model.config(), total_blocks, bs, model.device()).unwrap();
+        let mut cache = KvCache::new(
+            model.config(),
+            total_blocks,
+            bs,
+            CacheDtype::F32,
+            model.device(),
+        )
+        .unwrap();
         let mut ids: Vec<u32> = (0..total_blocks as u32).collect();
         ids.shuffle(&mut rand::rngs::StdRng::seed_from_u64(7));
         let mut tables = Vec::new();
@@ -198,7 +211,7 @@ fn last_and_no_logits_select_rows() {
     let cases = cases(&fixture("tiny-llama"));
     let c = &cases[1];
     let vocab = model.config().vocab_size;
-    let mut cache = KvCache::new(model.config(), 16, 16, model.device()).unwrap();
+    let mut cache = KvCache::new(model.config(), 16, 16, CacheDtype::F32, model.device()).unwrap();
     let table: Vec<u32> = (0..16).collect();
     let n = c.ids.len();
     let none = model
@@ -231,7 +244,7 @@ fn last_and_no_logits_select_rows() {
 #[test]
 fn invalid_batches_are_errors() {
     let model = load("tiny-llama");
-    let mut cache = KvCache::new(model.config(), 2, 16, model.device()).unwrap();
+    let mut cache = KvCache::new(model.config(), 2, 16, CacheDtype::F32, model.device()).unwrap();
     let table = [0u32, 1];
     let fwd = |tokens: &[u32], start: usize, table: &[u32], cache: &mut KvCache| {
         model.forward(

@@ -25,7 +25,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .map(|i| ((i * 2_654_435_761 + 17) % vocab) as u32)
         .collect();
     let table: Vec<u32> = (0..context.div_ceil(BLOCK_SIZE) as u32).collect();
-    let mut cache = KvCache::new(model.config(), table.len(), BLOCK_SIZE, model.device())?;
+    let mut cache = KvCache::new(
+        model.config(),
+        table.len(),
+        BLOCK_SIZE,
+        model.default_cache_dtype(),
+        model.device(),
+    )?;
     // As llama-bench: the prompt test processes `prompt_tokens` from an
     // empty cache in one pass; the generation test decodes `gen_tokens` one
     // at a time, also from an empty cache.

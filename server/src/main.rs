@@ -1,6 +1,7 @@
 //! `llm-serve`: the command-line entry point.
 
 mod bench;
+mod bench_engine;
 mod cli;
 mod generate;
 
@@ -12,6 +13,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         cli::Command::Generate(args) => generate::run(args),
         cli::Command::Bench(args) => bench::run(args),
+        cli::Command::BenchEngine(args) => bench_engine::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -49,3 +49,19 @@ pub fn default_model() -> &'static Loaded {
         }
     })
 }
+
+/// The default model and tokenizer behind `Arc`s, for engines (loaded once
+/// per test binary, with a 1024-token context so small KV caches are
+/// allowed).
+pub fn default_model_shared() -> (std::sync::Arc<Model>, std::sync::Arc<Tokenizer>) {
+    use std::sync::Arc;
+    static M: OnceLock<(Arc<Model>, Arc<Tokenizer>)> = OnceLock::new();
+    M.get_or_init(|| {
+        llm_serve_kernels::threads::init(2);
+        let files = ModelFiles::resolve(default_model_path().to_str().unwrap()).unwrap();
+        let model = Model::load(&files, Some(1024)).unwrap();
+        let tokenizer = Tokenizer::load(&files, model.gguf_metadata()).unwrap();
+        (Arc::new(model), Arc::new(tokenizer))
+    })
+    .clone()
+}

@@ -256,7 +256,29 @@ unsafe fn rows<K: Block32, D: DotOp>(
         }
         return;
     }
-    for r in 0..nrows {
+    while r + 2 <= nrows {
+        let p = base.add(r * row_bytes);
+        let mut t = 0;
+        while t + 4 <= m {
+            let o = tile::<K, D, 2, 4>(
+                p,
+                row_bytes,
+                nb,
+                &[acts[t], acts[t + 1], acts[t + 2], acts[t + 3]],
+            );
+            out[r * m + t..r * m + t + 4].copy_from_slice(&o[0]);
+            out[(r + 1) * m + t..(r + 1) * m + t + 4].copy_from_slice(&o[1]);
+            t += 4;
+        }
+        while t < m {
+            let o = tile::<K, D, 2, 1>(p, row_bytes, nb, &[acts[t]]);
+            out[r * m + t] = o[0][0];
+            out[(r + 1) * m + t] = o[1][0];
+            t += 1;
+        }
+        r += 2;
+    }
+    for r in r..nrows {
         let p = base.add(r * row_bytes);
         let mut t = 0;
         while t < m {

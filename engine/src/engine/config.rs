@@ -1,0 +1,126 @@
+//! The engine's settings (Ray Serve LLM's `engine_kwargs`, named as vLLM
+//! names them) and how the KV cache is sized from a memory budget.
+
+use super::scheduler::SchedulingPolicy;
+use crate::error::{EngineError, Result};
+
+/// Settings of one engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Bytes for the KV cache; when unset, `kv_cache_memory_fraction` of
+    /// the memory available at start-up.
+    pub kv_cache_memory_bytes: Option<usize>,
+    pub kv_cache_memory_fraction: f64,
+    pub max_num_seqs: usize,
+    /// Token budget of one step.
+    pub max_num_batched_tokens: usize,
+    /// Context length; `None` takes the model's.
+    pub max_model_len: Option<usize>,
+    pub enable_chunked_prefill: bool,
+    pub enable_prefix_caching: bool,
+    pub scheduling_policy: SchedulingPolicy,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            block_size: 16,
+            kv_cache_memory_bytes: None,
+            kv_cache_memory_fraction: 0.25,
+            max_num_seqs: 256,
+            max_num_batched_tokens: 512,
+            max_model_len: None,
+            enable_chunked_prefill: true,
+            enable_prefix_caching: true,
+            scheduling_policy: SchedulingPolicy::Fcfs,
+        }
+    }
+}
+
+fn bad(param: &'static str, message: String) -> EngineError {
+    EngineError::InvalidParam { param, message }
+}
+
+impl EngineConfig {
+    /// Checks the settings against the model's context length (the one in
+    /// use, after `max_model_len`).
+    pub fn validate(&self, max_model_len: usize) -> Result<()> {
+        if !(1..=256).contains(&self.block_size) {
+            return Err(bad(
+                "block_size",
+                format!("block_size must be in 1..=256, got {}", self.block_size),
+            ));
+        }
+        if self.max_num_seqs == 0 {
+            return Err(bad(
+                "max_num_seqs",
+                "max_num_seqs must be at least 1".into(),
+            ));
+        }
+        if self.max_num_batched_tokens == 0 {
+            return Err(bad(
+                "max_num_batched_tokens",
+                "max_num_batched_tokens must be at least 1".into(),
+            ));
+        }
+        if !self.enable_chunked_prefill && self.max_num_batched_tokens < max_model_len {
+            return Err(bad(
+                "max_num_batched_tokens",
+                format!(
+                    "max_num_batched_tokens ({}) is smaller than max_model_len ({max_model_len}): without chunked prefill the longest prompt could never be scheduled. Raise max_num_batched_tokens, lower max_model_len, or enable chunked prefill.",
+                    self.max_num_batched_tokens
+                ),
+            ));
+        }
+        if !(self.kv_cache_memory_fraction > 0.0 && self.kv_cache_memory_fraction <= 1.0) {
+            return Err(bad(
+                "kv_cache_memory_fraction",
+                format!(
+                    "kv_cache_memory_fraction must be in (0, 1], got {}",
+                    self.kv_cache_memory_fraction
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Number of KV blocks for blocks of `bytes_per_block`, given the
+    /// memory available now (`available_bytes`, when known).
+    pub fn num_blocks(
+        &self,
+        bytes_per_block: usize,
+        available_bytes: Option<u64>,
+    ) -> Result<usize> {
+        let budget = match (self.kv_cache_memory_bytes, available_bytes) {
+            (Some(b), _) => b as f64,
+            (None, Some(avail)) => avail as f64 * self.kv_cache_memory_fraction,
+            (None, None) => {
+                return Err(bad(
+                    "kv_cache_memory_bytes",
+                    "the available memory could not be read; set kv_cache_memory_bytes".into(),
+                ))
+            }
+        };
+        let blocks = (budget / bytes_per_block as f64).floor() as usize;
+        if blocks == 0 {
+            return Err(bad(
+                "kv_cache_memory_bytes",
+                format!(
+                    "a KV cache of {budget:.0} bytes holds no block (one block of {} tokens takes {bytes_per_block} bytes)",
+                    self.block_size
+                ),
+            ));
+        }
+        Ok(blocks)
+    }
+}
+
+/// Memory the OS reports available (`MemAvailable`), where it can be read.
+pub fn available_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -1,0 +1,393 @@
+//! The engine thread: owns the model, the KV cache and the scheduler, and
+//! runs schedule → forward → sample → stream until told to stop.
+
+use super::blocks::BlockManager;
+use super::request::{EngineEvent, EngineRequest, RequestTimes, TokenDelta, Usage};
+use super::scheduler::{Schedule, Scheduler, SchedulerConfig, SeqId, SeqState};
+use super::stats::EngineStats;
+use super::{Command, EngineConfig, EngineInfo, RequestId};
+use crate::output::{FinishReason, OutputState};
+use crate::sampling::{SamplingParams, SequenceSampler};
+use crate::tokenizer::Tokenizer;
+use llm_serve_models::{KvCache, LogitsWanted, Model, SeqInput};
+use std::collections::HashMap;
+use std::sync::mpsc::{self, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::mpsc::UnboundedSender;
+
+struct Sample {
+    seq: SeqId,
+    sampler: SequenceSampler,
+    output: OutputState,
+    done: bool,
+}
+
+struct Request {
+    params: SamplingParams,
+    prompt_len: usize,
+    samples: Vec<Sample>,
+    events: UnboundedSender<EngineEvent>,
+    times: RequestTimes,
+    cached_prompt_tokens: Option<usize>,
+}
+
+impl Request {
+    fn send(&self, e: EngineEvent) -> bool {
+        self.events.send(e).is_ok()
+    }
+}
+
+pub(crate) struct Worker {
+    model: Arc<Model>,
+    tokenizer: Arc<Tokenizer>,
+    cache: KvCache,
+    sched: Scheduler,
+    info: EngineInfo,
+    requests: HashMap<RequestId, Request>,
+    owner: HashMap<SeqId, (RequestId, usize)>,
+    next_seq: SeqId,
+    stats: EngineStats,
+    shared_stats: Arc<Mutex<EngineStats>>,
+    eos: Vec<u32>,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        model: Arc<Model>,
+        tokenizer: Arc<Tokenizer>,
+        cache: KvCache,
+        cfg: &EngineConfig,
+        info: EngineInfo,
+        shared_stats: Arc<Mutex<EngineStats>>,
+    ) -> Self {
+        let blocks = BlockManager::new(info.num_blocks, cfg.block_size, cfg.enable_prefix_caching);
+        let sched = Scheduler::new(
+            SchedulerConfig {
+                max_num_seqs: cfg.max_num_seqs,
+                max_num_batched_tokens: cfg.max_num_batched_tokens,
+                enable_chunked_prefill: cfg.enable_chunked_prefill,
+                policy: cfg.scheduling_policy,
+            },
+            blocks,
+        );
+        let eos = tokenizer.eos_token_ids().to_vec();
+        Worker {
+            model,
+            tokenizer,
+            cache,
+            sched,
+            info,
+            requests: HashMap::new(),
+            owner: HashMap::new(),
+            next_seq: 0,
+            stats: EngineStats {
+                kv_blocks_total: info.num_blocks,
+                ..EngineStats::default()
+            },
+            shared_stats,
+            eos,
+        }
+    }
+
+    pub(crate) fn run(mut self, commands: mpsc::Receiver<Command>) {
+        loop {
+            if !self.sched.has_work() {
+                match commands.recv() {
+                    Ok(c) => {
+                        if !self.handle(c) {
+                            return self.shutdown();
+                        }
+                    }
+                    Err(_) => return self.shutdown(),
+                }
+            }
+            loop {
+                match commands.try_recv() {
+                    Ok(c) => {
+                        if !self.handle(c) {
+                            return self.shutdown();
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return self.shutdown(),
+                }
+            }
+            // Aborts show in the stats before the next step runs.
+            self.publish();
+            if self.sched.has_work() {
+                self.step();
+                self.publish();
+            }
+        }
+    }
+
+    /// Applies one command; false means stop.
+    fn handle(&mut self, c: Command) -> bool {
+        match c {
+            Command::Submit {
+                id,
+                request,
+                arrival,
+                events,
+            } => self.admit(id, *request, arrival, events),
+            Command::Abort(id) => self.finish_request(id, Some(FinishReason::Abort)),
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn admit(
+        &mut self,
+        id: RequestId,
+        r: EngineRequest,
+        arrival: Instant,
+        events: UnboundedSender<EngineEvent>,
+    ) {
+        let n = r.params.n.max(1);
+        let mut samples = Vec::with_capacity(n);
+        for index in 0..n {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            samples.push(Sample {
+                seq,
+                sampler: SequenceSampler::new(&r.params, &r.prompt, &self.eos, index),
+                output: OutputState::new(&r.params, &r.prompt, &self.eos, self.info.max_model_len),
+                done: false,
+            });
+            self.owner.insert(seq, (id, index));
+            self.sched.add(SeqState::new(
+                seq,
+                r.prompt.clone(),
+                r.adapter.clone(),
+                r.priority,
+            ));
+        }
+        self.requests.insert(
+            id,
+            Request {
+                params: r.params,
+                prompt_len: r.prompt.len(),
+                samples,
+                events,
+                times: RequestTimes::new(arrival),
+                cached_prompt_tokens: None,
+            },
+        );
+    }
+
+    fn step(&mut self) {
+        let started = Instant::now();
+        let plan = self.sched.schedule();
+        if plan.is_empty() {
+            // Every admitted request fits the cache alone, so an empty plan
+            // with work left is a bug; fail the head rather than spin.
+            let stuck: Vec<RequestId> = self.requests.keys().copied().collect();
+            for id in stuck {
+                self.fail_request(id, "the scheduler could not make progress".into());
+            }
+            return;
+        }
+        for s in &plan.seqs {
+            if let Some(&(rid, _)) = self.owner.get(&s.id) {
+                if let Some(r) = self.requests.get_mut(&rid) {
+                    r.times.scheduled.get_or_insert(started);
+                    if r.cached_prompt_tokens.is_none() {
+                        r.cached_prompt_tokens =
+                            self.sched.seq(s.id).and_then(|q| q.cached_prompt_tokens);
+                    }
+                }
+            }
+        }
+        match self.forward(&plan) {
+            Ok(logits) => self.sample(&plan, &logits),
+            Err(e) => {
+                tracing::error!("forward pass failed: {e}");
+                self.sched.blocks_mut().reset_prefix_cache();
+                let failed: Vec<RequestId> = plan
+                    .seqs
+                    .iter()
+                    .filter_map(|s| self.owner.get(&s.id).map(|o| o.0))
+                    .collect();
+                for id in failed {
+                    self.fail_request(id, format!("the forward pass failed: {e}"));
+                }
+            }
+        }
+        for s in &plan.seqs {
+            if let Some(q) = self.sched.seq(s.id) {
+                if s.start < q.prompt_len || s.len > 1 {
+                    self.stats.prompt_tokens += s.len as u64;
+                }
+            }
+        }
+        self.stats.steps += 1;
+        self.stats.busy += started.elapsed();
+    }
+
+    /// One forward pass over the plan; logits of the sequences that sample,
+    /// in plan order.
+    fn forward(&mut self, plan: &Schedule) -> crate::error::Result<Vec<f32>> {
+        let mut inputs = Vec::with_capacity(plan.seqs.len());
+        for s in &plan.seqs {
+            let Some(q) = self.sched.seq(s.id) else {
+                continue;
+            };
+            inputs.push(SeqInput {
+                tokens: &q.tokens[s.start..s.start + s.len],
+                start_pos: s.start,
+                block_table: &q.blocks,
+                logits: if s.sample {
+                    LogitsWanted::Last
+                } else {
+                    LogitsWanted::None
+                },
+            });
+        }
+        let logits = self.model.forward(&inputs, &mut self.cache)?;
+        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    fn sample(&mut self, plan: &Schedule, logits: &[f32]) {
+        let vocab = self.info.vocab_size;
+        let now = Instant::now();
+        for (row, s) in plan.seqs.iter().filter(|s| s.sample).enumerate() {
+            let Some(x) = logits.get(row * vocab..(row + 1) * vocab) else {
+                break;
+            };
+            let Some(&(rid, index)) = self.owner.get(&s.id) else {
+                continue;
+            };
+            let Some(r) = self.requests.get_mut(&rid) else {
+                continue;
+            };
+            let sample = &mut r.samples[index];
+            let picked = sample.sampler.sample(x);
+            let token = picked.token;
+            let update = match sample.output.push(&self.tokenizer, picked.token) {
+                Ok(u) => u,
+                Err(e) => {
+                    let msg = format!("detokenizing failed: {e}");
+                    self.fail_request(rid, msg);
+                    continue;
+                }
+            };
+            self.stats.generation_tokens += 1;
+            r.times.first_token.get_or_insert(now);
+            let delivered = r.send(EngineEvent::Token(TokenDelta {
+                index,
+                token: picked.token,
+                text: update.text,
+                logprobs: r.params.logprobs.map(|_| picked),
+            }));
+            if !delivered {
+                self.finish_request(rid, Some(FinishReason::Abort));
+                continue;
+            }
+            match update.finished {
+                Some(reason) => self.finish_sample(rid, index, reason),
+                None => self.sched.append_token(s.id, token),
+            }
+        }
+    }
+
+    fn finish_sample(&mut self, rid: RequestId, index: usize, reason: FinishReason) {
+        let Some(r) = self.requests.get_mut(&rid) else {
+            return;
+        };
+        let sample = &mut r.samples[index];
+        if sample.done {
+            return;
+        }
+        sample.done = true;
+        let seq = sample.seq;
+        let text = sample.output.text().to_string();
+        match reason {
+            FinishReason::Length => self.stats.finished_length += 1,
+            FinishReason::Abort => self.stats.finished_abort += 1,
+            _ => self.stats.finished_stop += 1,
+        }
+        r.send(EngineEvent::SampleFinished {
+            index,
+            reason,
+            text,
+        });
+        self.sched.remove(seq);
+        self.owner.remove(&seq);
+        if r.samples.iter().all(|s| s.done) {
+            self.finish_request(rid, None);
+        }
+    }
+
+    /// Ends a request: unfinished samples end with `reason` (abort), then
+    /// the final event goes out.
+    fn finish_request(&mut self, rid: RequestId, reason: Option<FinishReason>) {
+        let Some(r) = self.requests.get(&rid) else {
+            return;
+        };
+        let open: Vec<usize> = r
+            .samples
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.done)
+            .map(|(i, _)| i)
+            .collect();
+        if let Some(reason) = reason {
+            for index in open {
+                self.finish_sample(rid, index, reason.clone());
+            }
+        }
+        let Some(mut r) = self.requests.remove(&rid) else {
+            return;
+        };
+        for s in &r.samples {
+            self.sched.remove(s.seq);
+            self.owner.remove(&s.seq);
+        }
+        r.times.finished = Some(Instant::now());
+        let usage = Usage {
+            prompt_tokens: r.prompt_len,
+            completion_tokens: r.samples.iter().map(|s| s.output.generated()).sum(),
+            cached_prompt_tokens: r.cached_prompt_tokens.unwrap_or(0),
+        };
+        r.send(EngineEvent::Finished {
+            usage,
+            times: r.times,
+        });
+    }
+
+    fn fail_request(&mut self, rid: RequestId, message: String) {
+        let Some(r) = self.requests.remove(&rid) else {
+            return;
+        };
+        for s in &r.samples {
+            self.sched.remove(s.seq);
+            self.owner.remove(&s.seq);
+        }
+        self.stats.finished_error += 1;
+        r.send(EngineEvent::Error(message));
+    }
+
+    fn publish(&mut self) {
+        let b = self.sched.blocks();
+        let c = b.counters();
+        self.stats.running = self.sched.num_running();
+        self.stats.waiting = self.sched.num_waiting();
+        self.stats.kv_blocks_used = b.num_used();
+        self.stats.prefix_cache_queries = c.queries;
+        self.stats.prefix_cache_hits = c.hits;
+        self.stats.preemptions = self.sched.preemptions();
+        match self.shared_stats.lock() {
+            Ok(mut s) => *s = self.stats,
+            Err(poisoned) => *poisoned.into_inner() = self.stats,
+        }
+    }
+
+    fn shutdown(mut self) {
+        let ids: Vec<RequestId> = self.requests.keys().copied().collect();
+        for id in ids {
+            self.fail_request(id, "the engine is shutting down".into());
+        }
+        self.publish();
+    }
+}
