@@ -360,12 +360,7 @@ impl Scheduler {
                 }
             }
             SchedulingPolicy::Priority => {
-                let key = self.seqs.get(&id).map(SeqState::order_key);
-                let pos = self
-                    .waiting
-                    .iter()
-                    .position(|w| self.seqs.get(w).map(SeqState::order_key) > key)
-                    .unwrap_or(self.waiting.len());
+                let pos = self.ordered_position(id, self.waiting.iter());
                 self.waiting.insert(pos, id);
             }
         }
@@ -375,14 +370,22 @@ impl Scheduler {
         match self.cfg.policy {
             SchedulingPolicy::Fcfs => self.running.push(id),
             SchedulingPolicy::Priority => {
-                let key = self.seqs.get(&id).map(SeqState::order_key);
-                let pos = self
-                    .running
-                    .iter()
-                    .position(|r| self.seqs.get(r).map(SeqState::order_key) > key)
-                    .unwrap_or(self.running.len());
+                let pos = self.ordered_position(id, self.running.iter());
                 self.running.insert(pos, id);
             }
         }
+    }
+
+    /// Where `id` goes in `queue` ordered by (priority, arrival).
+    fn ordered_position<'a>(&self, id: SeqId, queue: impl Iterator<Item = &'a SeqId>) -> usize {
+        let key = self.seqs.get(&id).map(SeqState::order_key);
+        let mut len = 0;
+        for (i, q) in queue.enumerate() {
+            if self.seqs.get(q).map(SeqState::order_key) > key {
+                return i;
+            }
+            len = i + 1;
+        }
+        len
     }
 }
