@@ -296,16 +296,8 @@ def np_forward(w, ids):
 
 
 # ------------------------------------------------------------------ main
-def llama_detokenize(llm, ids, remove_special=False, unparse_special=True):
-    """llama.cpp's own detokenizer (what llama-server's common_detokenize uses)."""
-    import ctypes
-    import llama_cpp
-    vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    arr = (llama_cpp.llama_token * max(1, len(ids)))(*ids)
-    buf = ctypes.create_string_buffer(1 << 16)
-    n = llama_cpp.llama_detokenize(vocab, arr, len(ids), buf, len(buf), remove_special, unparse_special)
-    assert n >= 0, n
-    return buf.raw[:n].decode("utf-8", "replace")
+# llama.cpp's own detokenizer, shared with the greedy-reference script.
+from llamacpp_reference import llama_detokenize  # noqa: E402
 
 
 def write_json(name, obj):

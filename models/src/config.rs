@@ -159,14 +159,7 @@ impl ModelConfig {
             })? as f32),
             None => cfg.f32_opt("rope_theta")?,
         };
-        let eos_token_ids = match v.get("eos_token_id") {
-            Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|x| x.as_u64().map(|x| x as u32))
-                .collect(),
-            _ => Vec::new(),
-        };
+        let eos_token_ids = token_id_list(v.get("eos_token_id"));
         let out = ModelConfig {
             arch,
             vocab_size: cfg.usize("vocab_size")?,
@@ -424,5 +417,18 @@ impl GgufMeta<'_> {
 
     fn str(&self, key: &str) -> Result<String> {
         self.str_opt(key)?.ok_or_else(|| self.err(key, "missing"))
+    }
+}
+
+/// A token-id field of a Hugging Face JSON file (`eos_token_id` and the
+/// like), which may be one id or a list of ids.
+pub fn token_id_list(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .collect(),
+        _ => Vec::new(),
     }
 }

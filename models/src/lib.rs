@@ -19,7 +19,7 @@ mod source;
 
 pub use batch::{LogitsWanted, SeqInput};
 pub use candle_core::quantized::gguf_file;
-pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use config::{token_id_list, Architecture, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result};
 pub use kv_cache::{CacheDtype, KvCache};
 pub use llama::Model;

@@ -106,7 +106,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 /// Mean and sample standard deviation.
-fn mean_sd(xs: &[f64]) -> (f64, f64) {
+/// Mean and sample standard deviation.
+pub(crate) fn mean_sd(xs: &[f64]) -> (f64, f64) {
     if xs.is_empty() {
         return (0.0, 0.0);
     }

@@ -2,6 +2,7 @@
 //! engine at several levels of concurrency (every request submitted at
 //! once, fixed prompt and output lengths, end-of-sequence ignored).
 
+use crate::bench::mean_sd;
 use crate::cli::BenchEngineArgs;
 use anyhow::{Context, Result};
 use llm_serve_engine::{
@@ -88,8 +89,12 @@ pub fn run(args: BenchEngineArgs) -> Result<()> {
         let wall = start.elapsed().as_secs_f64();
         let results = results.into_iter().collect::<Result<Vec<_>>>()?;
         let generated: usize = results.iter().map(|r| r.completion_tokens).sum();
-        let ttft = mean(results.iter().map(|r| r.ttft.as_secs_f64()));
-        let tpot = mean(results.iter().map(|r| r.tpot.as_secs_f64()));
+        let secs = |f: fn(&Finished) -> Duration| -> f64 {
+            let v: Vec<f64> = results.iter().map(|r| f(r).as_secs_f64()).collect();
+            mean_sd(&v).0
+        };
+        let ttft = secs(|r| r.ttft);
+        let tpot = secs(|r| r.tpot);
         let tps = generated as f64 / wall;
         if args.json {
             println!(
@@ -138,13 +143,4 @@ fn drain(mut s: llm_serve_engine::RequestStream) -> Result<Finished> {
         }
     }
     anyhow::bail!("the engine stopped before the request finished")
-}
-
-fn mean(xs: impl Iterator<Item = f64>) -> f64 {
-    let v: Vec<f64> = xs.collect();
-    if v.is_empty() {
-        0.0
-    } else {
-        v.iter().sum::<f64>() / v.len() as f64
-    }
 }

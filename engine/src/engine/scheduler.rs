@@ -244,7 +244,7 @@ impl Scheduler {
                 }
             };
             let Some(new_blocks) = new_blocks else { break };
-            plan.seqs.push(self.advance(id, new_blocks, n));
+            plan.seqs.push(self.advance(id, new_blocks, n, &[]));
             budget -= n;
             i += 1;
         }
@@ -296,14 +296,21 @@ impl Scheduler {
                 seq.cached_prompt_tokens.get_or_insert(computed);
             }
             self.insert_running(id);
-            plan.seqs.push(self.advance(id, new_blocks, n));
+            plan.seqs.push(self.advance(id, new_blocks, n, &hashes));
             budget -= n;
         }
     }
 
-    /// Gives `id` its new blocks, registers the blocks this step fills and
-    /// moves its computed mark `n` tokens on.
-    fn advance(&mut self, id: SeqId, new_blocks: Vec<u32>, n: usize) -> Scheduled {
+    /// Gives `id` its new blocks, registers the blocks this step fills
+    /// (`known`: hashes of its leading full blocks already computed by the
+    /// prefix lookup) and moves its computed mark `n` tokens on.
+    fn advance(
+        &mut self,
+        id: SeqId,
+        new_blocks: Vec<u32>,
+        n: usize,
+        known: &[BlockHash],
+    ) -> Scheduled {
         let bs = self.blocks.block_size();
         let Some(seq) = self.seqs.get_mut(&id) else {
             self.blocks.release(&new_blocks);
@@ -317,15 +324,24 @@ impl Scheduler {
         seq.blocks.extend(new_blocks);
         let start = seq.num_computed;
         seq.num_computed += n;
-        let full = seq.num_computed / bs;
+        let full = if self.blocks.prefix_caching() {
+            seq.num_computed / bs
+        } else {
+            0
+        };
         while seq.block_hashes.len() < full {
             let i = seq.block_hashes.len();
-            let parent = if i == 0 { 0 } else { seq.block_hashes[i - 1] };
-            let h = block_hash(
-                parent,
-                &seq.tokens[i * bs..(i + 1) * bs],
-                seq.adapter.as_deref(),
-            );
+            let h = match known.get(i) {
+                Some(&h) => h,
+                None => {
+                    let parent = if i == 0 { 0 } else { seq.block_hashes[i - 1] };
+                    block_hash(
+                        parent,
+                        &seq.tokens[i * bs..(i + 1) * bs],
+                        seq.adapter.as_deref(),
+                    )
+                }
+            };
             self.blocks.register(seq.blocks[i], h);
             seq.block_hashes.push(h);
         }

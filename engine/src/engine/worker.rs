@@ -131,7 +131,7 @@ impl Worker {
                 arrival,
                 events,
             } => self.admit(id, *request, arrival, events),
-            Command::Abort(id) => self.finish_request(id, Some(FinishReason::Abort)),
+            Command::Abort(id) => self.abort_request(id),
             Command::Shutdown => return false,
         }
         true
@@ -281,7 +281,7 @@ impl Worker {
                 logprobs: r.params.logprobs.map(|_| picked),
             }));
             if !delivered {
-                self.finish_request(rid, Some(FinishReason::Abort));
+                self.abort_request(rid);
                 continue;
             }
             match update.finished {
@@ -291,7 +291,34 @@ impl Worker {
         }
     }
 
+    /// Ends sample `index` with `reason` and returns its blocks; the
+    /// request ends with it when it was the last one running.
     fn finish_sample(&mut self, rid: RequestId, index: usize, reason: FinishReason) {
+        self.close_sample(rid, index, reason);
+        if self
+            .requests
+            .get(&rid)
+            .is_some_and(|r| r.samples.iter().all(|s| s.done))
+        {
+            self.complete_request(rid);
+        }
+    }
+
+    /// Aborts every unfinished sample of a request, then ends it.
+    fn abort_request(&mut self, rid: RequestId) {
+        let Some(r) = self.requests.get(&rid) else {
+            return;
+        };
+        let open: Vec<usize> = (0..r.samples.len())
+            .filter(|&i| !r.samples[i].done)
+            .collect();
+        for index in open {
+            self.close_sample(rid, index, FinishReason::Abort);
+        }
+        self.complete_request(rid);
+    }
+
+    fn close_sample(&mut self, rid: RequestId, index: usize, reason: FinishReason) {
         let Some(r) = self.requests.get_mut(&rid) else {
             return;
         };
@@ -314,36 +341,13 @@ impl Worker {
         });
         self.sched.remove(seq);
         self.owner.remove(&seq);
-        if r.samples.iter().all(|s| s.done) {
-            self.finish_request(rid, None);
-        }
     }
 
-    /// Ends a request: unfinished samples end with `reason` (abort), then
-    /// the final event goes out.
-    fn finish_request(&mut self, rid: RequestId, reason: Option<FinishReason>) {
-        let Some(r) = self.requests.get(&rid) else {
-            return;
-        };
-        let open: Vec<usize> = r
-            .samples
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.done)
-            .map(|(i, _)| i)
-            .collect();
-        if let Some(reason) = reason {
-            for index in open {
-                self.finish_sample(rid, index, reason.clone());
-            }
-        }
+    /// Sends a request's final event (every sample has finished).
+    fn complete_request(&mut self, rid: RequestId) {
         let Some(mut r) = self.requests.remove(&rid) else {
             return;
         };
-        for s in &r.samples {
-            self.sched.remove(s.seq);
-            self.owner.remove(&s.seq);
-        }
         r.times.finished = Some(Instant::now());
         let usage = Usage {
             prompt_tokens: r.prompt_len,

@@ -10,7 +10,7 @@ pub use detok::IncrementalDetokenizer;
 
 use crate::error::{EngineError, Result};
 use llm_serve_models::gguf_file::Content;
-use llm_serve_models::ModelFiles;
+use llm_serve_models::{token_id_list, ModelFiles};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::path::Path;
@@ -52,17 +52,6 @@ fn token_string(v: Option<&Value>) -> Option<String> {
     }
 }
 
-fn id_list(v: Option<&Value>) -> Vec<u32> {
-    match v {
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64().map(|x| x as u32))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 impl Tokenizer {
     /// The model's tokenizer: `tokenizer.json` (+ `tokenizer_config.json`,
     /// `generation_config.json`) when present, else the GGUF vocabulary.
@@ -85,7 +74,7 @@ impl Tokenizer {
         let mut eos_token_ids: Vec<u32> = info.eos_token_id.into_iter().collect();
         eos_token_ids.extend(info.extra_eog_ids.iter().copied());
         if let Some(gc) = &files.generation_config {
-            eos_token_ids.extend(id_list(read_json(gc)?.get("eos_token_id")));
+            eos_token_ids.extend(token_id_list(read_json(gc)?.get("eos_token_id")));
         }
         dedup(&mut eos_token_ids);
         let bytes = if info.byte_level {
@@ -126,11 +115,11 @@ impl Tokenizer {
         let mut bos_token_id = id_of(&bos_token);
         if let Some(gc) = &files.generation_config {
             let gc = read_json(gc)?;
-            eos_token_ids.extend(id_list(gc.get("eos_token_id")));
-            bos_token_id = bos_token_id.or(id_list(gc.get("bos_token_id")).first().copied());
+            eos_token_ids.extend(token_id_list(gc.get("eos_token_id")));
+            bos_token_id = bos_token_id.or(token_id_list(gc.get("bos_token_id")).first().copied());
         }
         if let Some(cfg) = &files.config {
-            eos_token_ids.extend(id_list(read_json(cfg)?.get("eos_token_id")));
+            eos_token_ids.extend(token_id_list(read_json(cfg)?.get("eos_token_id")));
         }
         dedup(&mut eos_token_ids);
         let mut chat_template = match tc.get("chat_template") {

@@ -20,7 +20,7 @@ unsafe fn f16_to_f32(bits: u16) -> f32 {
 }
 
 #[inline(always)]
-unsafe fn hsum_ps(v: __m256) -> f32 {
+pub(super) unsafe fn hsum_ps(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
     let hi = _mm256_extractf128_ps(v, 1);
     let s = _mm_add_ps(lo, hi);
@@ -38,7 +38,7 @@ unsafe fn hsum_ps128(s: __m128) -> f32 {
 
 /// 32 nibbles of 16 bytes: low nibbles in the low lane, high in the high lane.
 #[inline(always)]
-unsafe fn nibbles_32(p: *const u8) -> __m256i {
+pub(super) unsafe fn nibbles_32(p: *const u8) -> __m256i {
     let tmp = _mm_loadu_si128(p.cast());
     let both = _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp);
     _mm256_and_si256(both, _mm256_set1_epi8(0xF))
@@ -46,7 +46,7 @@ unsafe fn nibbles_32(p: *const u8) -> __m256i {
 
 /// Expands 32 bits to 32 bytes: 0xFF where the bit is set.
 #[inline(always)]
-unsafe fn bytes_from_bits_32(bits: u32) -> __m256i {
+pub(super) unsafe fn bytes_from_bits_32(bits: u32) -> __m256i {
     let shuf = _mm256_set_epi64x(
         0x0303_0303_0303_0303,
         0x0202_0202_0202_0202,
@@ -60,7 +60,7 @@ unsafe fn bytes_from_bits_32(bits: u32) -> __m256i {
 
 /// u8 x i8 products summed to 8 i32 lanes.
 #[inline(always)]
-unsafe fn madd_us8(ax: __m256i, sy: __m256i) -> __m256i {
+pub(super) unsafe fn madd_us8(ax: __m256i, sy: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
 }
 

@@ -16,6 +16,7 @@
 #![allow(unsafe_op_in_unsafe_fn)]
 
 use super::blocks::{BlockQ8_0, BlockQ8_1};
+use super::dot_avx2::{bytes_from_bits_32, hsum_ps, madd_us8, nibbles_32};
 use super::WeightType;
 use crate::cpu::SimdLevel;
 use std::arch::x86_64::*;
@@ -37,34 +38,6 @@ unsafe fn f16_pair(p: *const u8) -> (f32, f32) {
     (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
 }
 
-#[inline(always)]
-unsafe fn nibbles_32(p: *const u8) -> __m256i {
-    let tmp = _mm_loadu_si128(p.cast());
-    let both = _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp);
-    _mm256_and_si256(both, _mm256_set1_epi8(0xF))
-}
-
-#[inline(always)]
-unsafe fn bytes_from_bits_32(p: *const u8) -> __m256i {
-    let bits = std::ptr::read_unaligned(p.cast::<i32>());
-    let shuf = _mm256_set_epi64x(
-        0x0303_0303_0303_0303,
-        0x0202_0202_0202_0202,
-        0x0101_0101_0101_0101,
-        0x0000_0000_0000_0000,
-    );
-    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits), shuf);
-    let bit_mask = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe_u64 as i64);
-    _mm256_cmpeq_epi8(_mm256_or_si256(bytes, bit_mask), _mm256_set1_epi64x(-1))
-}
-
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-}
-
 /// Sums of four u8 x i8 products into i32 lanes.
 trait DotOp {
     unsafe fn dot(ax: __m256i, sy: __m256i) -> __m256i;
@@ -75,7 +48,7 @@ struct Avx2Dot;
 impl DotOp for Avx2Dot {
     #[inline(always)]
     unsafe fn dot(ax: __m256i, sy: __m256i) -> __m256i {
-        _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
+        madd_us8(ax, sy)
     }
 }
 
@@ -138,7 +111,10 @@ impl Block32 for Q5_0 {
     #[inline(always)]
     unsafe fn unpack(p: *const u8) -> (__m256i, f32, f32) {
         let (d, _) = f16_pair(p);
-        let hi = _mm256_andnot_si256(bytes_from_bits_32(p.add(2)), _mm256_set1_epi8(0xF0u8 as i8));
+        let hi = _mm256_andnot_si256(
+            bytes_from_bits_32(std::ptr::read_unaligned(p.add(2).cast::<u32>())),
+            _mm256_set1_epi8(0xF0u8 as i8),
+        );
         (_mm256_or_si256(nibbles_32(p.add(6)), hi), d, 0.0)
     }
 }
@@ -150,7 +126,10 @@ impl Block32 for Q5_1 {
     #[inline(always)]
     unsafe fn unpack(p: *const u8) -> (__m256i, f32, f32) {
         let (d, m) = f16_pair(p);
-        let hi = _mm256_and_si256(bytes_from_bits_32(p.add(4)), _mm256_set1_epi8(0x10));
+        let hi = _mm256_and_si256(
+            bytes_from_bits_32(std::ptr::read_unaligned(p.add(4).cast::<u32>())),
+            _mm256_set1_epi8(0x10),
+        );
         (_mm256_or_si256(nibbles_32(p.add(8)), hi), d, m)
     }
 }
@@ -224,7 +203,7 @@ unsafe fn tile<K: Block32, D: DotOp, const R: usize, const M: usize>(
     let mut out = [[0f32; M]; R];
     for r in 0..R {
         for t in 0..M {
-            out[r][t] = hsum(acc[r][t]) + mins[r][t];
+            out[r][t] = hsum_ps(acc[r][t]) + mins[r][t];
         }
     }
     out
