@@ -152,12 +152,14 @@ fn greedy_outputs_do_not_depend_on_the_batch() {
             EngineConfig {
                 // 384 tokens hold the longest request (a 256-token
                 // context) but not 16 requests of about 60 tokens.
-                kv_cache_memory_bytes: Some(
+                kv_cache_memory_bytes: Some({
+                    let model = &common::default_model_shared().0;
                     llm_serve_models::KvCache::bytes_per_block(
-                        common::default_model_shared().0.config(),
+                        model.config(),
                         16,
-                    ) * 24,
-                ),
+                        model.default_cache_dtype(),
+                    ) * 24
+                }),
                 max_model_len: Some(256),
                 ..config()
             },

@@ -13,6 +13,7 @@ pub mod attention;
 pub mod buffer;
 pub mod cpu;
 mod error;
+mod exp;
 pub mod matmul;
 pub mod norm;
 pub mod ops;

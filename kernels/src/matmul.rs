@@ -5,7 +5,10 @@
 //! - the dot path: activations are quantized to 8-bit blocks once (for
 //!   quantized weights), then every weight row is dotted with every
 //!   activation row by the SIMD kernel, rows split across threads. The
-//!   weights stream from memory once per call.
+//!   weights stream from memory once per call. On AVX-512 VNNI CPUs, Q4_0,
+//!   Q4_1 and Q8_0 matrices are stored interleaved 16 rows at a time
+//!   (`quant::packed`) for a kernel that needs no horizontal sums and
+//!   writes outputs in place.
 //! - the GEMM path: tiles of weight rows are dequantized to f32 and
 //!   multiplied with a cache-blocked f32 GEMM, tiles split across threads.
 //!
@@ -22,8 +25,10 @@ use crate::quant::dequant::dequantize;
 use crate::quant::dot::{dot_fn, DotFn};
 #[cfg(target_arch = "x86_64")]
 use crate::quant::gemv_avx2::{ActRow, GemvFn};
+use crate::quant::packed::{self, ActView, PackedFormat, PackedShape};
 use crate::quant::WeightType;
 use crate::{shape_err, Error, Result};
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 /// Up to this many activation rows, float weights take the dot path.
@@ -38,8 +43,11 @@ pub struct QMatrix {
     wtype: WeightType,
     rows: usize,
     cols: usize,
+    /// Bytes of one row of GGML blocks.
     row_bytes: usize,
+    /// Row-major GGML blocks, or the interleaved layout when `packed` is set.
     data: AlignedBytes,
+    packed: Option<PackedShape>,
     dot: DotFn,
     /// The tiled decode kernel, where this CPU and format have one.
     #[cfg(target_arch = "x86_64")]
@@ -63,12 +71,18 @@ impl QMatrix {
                 bytes.len()
             )));
         }
+        let packed = packed_shape(wtype, rows, cols);
+        let data = match packed {
+            Some(shape) => packed::pack(shape, bytes),
+            None => AlignedBytes::from_slice(bytes),
+        };
         Ok(QMatrix {
             wtype,
             rows,
             cols,
             row_bytes,
-            data: AlignedBytes::from_slice(bytes),
+            data,
+            packed,
             dot: dot_fn(wtype),
             #[cfg(target_arch = "x86_64")]
             tiled: tiled_kernel(wtype),
@@ -97,6 +111,7 @@ impl QMatrix {
             cols,
             row_bytes: cols * 4,
             data,
+            packed: None,
             dot: dot_fn(WeightType::F32),
             #[cfg(target_arch = "x86_64")]
             tiled: None,
@@ -121,7 +136,7 @@ impl QMatrix {
         let rows = parts.iter().map(|p| p.rows).sum();
         let mut bytes = Vec::with_capacity(rows * first.row_bytes);
         for p in parts {
-            bytes.extend_from_slice(p.data.as_slice());
+            bytes.extend_from_slice(&p.raw_rows(0, p.rows));
         }
         QMatrix::from_bytes(first.wtype, rows, first.cols, &bytes)
     }
@@ -143,9 +158,25 @@ impl QMatrix {
         self.data.len()
     }
 
-    /// Raw blocks of row `r`.
-    pub fn row(&self, r: usize) -> &[u8] {
-        &self.data.as_slice()[r * self.row_bytes..(r + 1) * self.row_bytes]
+    /// The GGML blocks of row `r` (rebuilt from the interleaved layout when
+    /// the matrix is stored that way).
+    pub fn row(&self, r: usize) -> Cow<'_, [u8]> {
+        self.raw_rows(r, 1)
+    }
+
+    /// Whether the matrix is stored interleaved for the AVX-512 kernel.
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
+    }
+
+    /// Row-major GGML blocks of rows `r0..r0 + n`.
+    fn raw_rows(&self, r0: usize, n: usize) -> Cow<'_, [u8]> {
+        match self.packed {
+            Some(shape) => Cow::Owned(packed::unpack_rows(shape, self.data.as_slice(), r0, n)),
+            None => {
+                Cow::Borrowed(&self.data.as_slice()[r0 * self.row_bytes..(r0 + n) * self.row_bytes])
+            }
+        }
     }
 
     /// Dequantizes row `r` into `out` (`cols` values).
@@ -156,14 +187,14 @@ impl QMatrix {
                 format!("row {r} of {self:?} into {} values", out.len()),
             ));
         }
-        dequantize(self.wtype, self.row(r), out);
+        dequantize(self.wtype, &self.row(r), out);
         Ok(())
     }
 
     /// All values as f32, row-major.
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
-        dequantize(self.wtype, self.data.as_slice(), &mut out);
+        dequantize(self.wtype, &self.raw_rows(0, self.rows), &mut out);
         out
     }
 
@@ -205,6 +236,11 @@ impl QMatrix {
             let mut acts = acts.borrow_mut();
             acts.quantize(ActFormat::for_weight(self.wtype), x, m, self.cols);
             let acts = &*acts;
+            #[cfg(target_arch = "x86_64")]
+            if let Some(shape) = self.packed {
+                self.matmul_packed(shape, acts, m, out);
+                return;
+            }
             let n = self.rows;
             let per_task = rows_per_task(n);
             // Row-major by weight row: out_t[r * m + t].
@@ -244,7 +280,7 @@ impl QMatrix {
                 for (i, row_out) in o.chunks_exact_mut(m).enumerate() {
                     let w = self.row(r0 + i);
                     for (t, v) in row_out.iter_mut().enumerate() {
-                        *v = (self.dot)(w, acts.row(t));
+                        *v = (self.dot)(&w, acts.row(t));
                     }
                 }
             });
@@ -252,6 +288,42 @@ impl QMatrix {
                 transpose_into(&transposed, n, m, out);
             }
         })
+    }
+
+    /// The interleaved-weights kernel: groups of 16 rows split across
+    /// threads, every activation row against each group while its weights
+    /// are in L1, outputs written in place.
+    #[cfg(target_arch = "x86_64")]
+    fn matmul_packed(&self, shape: PackedShape, acts: &QuantizedActs, m: usize, out: &mut [f32]) {
+        let views: Vec<ActView> = (0..m)
+            .map(|t| ActView {
+                blocks: acts.row(t),
+                scales: acts.scales(t),
+                sums: acts.sums(t),
+            })
+            .collect();
+        let groups = shape.groups();
+        let per_task = groups.div_ceil(crate::threads::count() * 3).max(1);
+        let dst = SharedOut(out.as_mut_ptr());
+        crate::threads::parallel_for(groups.div_ceil(per_task), |task| {
+            let g0 = task * per_task;
+            let g1 = (g0 + per_task).min(groups);
+            // SAFETY: the matrix is packed only on CPUs with AVX-512 VNNI
+            // (`packed_shape`); the data holds `shape`'s layout, each view
+            // is a full activation row with its scales and sums, and this
+            // task writes only the columns of groups g0..g1 of the `m x n`
+            // output, which no other task touches.
+            unsafe {
+                crate::quant::packed_avx512::matmul_groups(
+                    &shape,
+                    self.data.as_slice(),
+                    g0,
+                    g1,
+                    &views,
+                    dst.at(0),
+                )
+            };
+        });
     }
 
     /// The dequantize-and-GEMM path.
@@ -269,11 +341,7 @@ impl QMatrix {
             TILE.with(|tile| {
                 let mut tile = tile.borrow_mut();
                 tile.resize(nt * k, 0.0);
-                dequantize(
-                    self.wtype,
-                    &self.data.as_slice()[r0 * self.row_bytes..(r0 + nt) * self.row_bytes],
-                    &mut tile[..nt * k],
-                );
+                dequantize(self.wtype, &self.raw_rows(r0, nt), &mut tile[..nt * k]);
                 // SAFETY: dst points to `m x n` f32s; this task writes only
                 // columns r0..r0+nt, which no other task touches. lhs is
                 // `m x k` row-major, rhs the tile viewed as `k x nt`.
@@ -303,6 +371,16 @@ impl QMatrix {
             });
         });
     }
+}
+
+/// The interleaved layout for this matrix, where the CPU has the kernel for
+/// it and `LLM_SERVE_PACKED=0` does not turn it off.
+fn packed_shape(wtype: WeightType, rows: usize, cols: usize) -> Option<PackedShape> {
+    let format = PackedFormat::for_weight(wtype)?;
+    let on = cfg!(target_arch = "x86_64")
+        && crate::cpu::simd_level() >= crate::cpu::SimdLevel::Avx512
+        && std::env::var("LLM_SERVE_PACKED").map_or(true, |v| v != "0");
+    on.then(|| PackedShape::new(format, rows, cols))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -339,7 +417,7 @@ unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 impl SharedOut {
     fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: offset < n, inside the m x n output.
+        // SAFETY: offset is inside the m x n output.
         unsafe { self.0.add(offset) }
     }
 }

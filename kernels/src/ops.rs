@@ -4,11 +4,13 @@
 //! All ops take f32, row-major, contiguous inputs (what the model produces);
 //! anything else is an error, not a silent copy.
 
-use crate::attention::{paged_attention, write_cache, KvGeometry, KvPrecision, SeqSpan};
+use crate::attention::{
+    paged_attention, write_cache, KvGeometry, KvRole, KvSlice, KvSliceMut, SeqSpan,
+};
 use crate::matmul::QMatrix;
 use crate::rope::RopeTable;
 use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp3, InplaceOp2, Layout, Result, Shape, Tensor,
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, InplaceOp2, Layout, Result, Shape, Tensor,
 };
 
 fn f32s<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -21,13 +23,26 @@ fn f32s<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-fn f32s_mut<'a>(op: &str, s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
+/// A K or V cache tensor's values (f32 or f16).
+fn kv_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<KvSlice<'a>> {
     let Some((start, end)) = l.contiguous_offsets() else {
         bail!("{op}: cache must be contiguous")
     };
     match s {
-        CpuStorage::F32(v) => Ok(&mut v[start..end]),
-        _ => bail!("{op}: expected an f32 cache"),
+        CpuStorage::F32(v) => Ok(KvSlice::F32(&v[start..end])),
+        CpuStorage::F16(v) => Ok(KvSlice::F16(&v[start..end])),
+        _ => bail!("{op}: expected an f32 or f16 cache"),
+    }
+}
+
+fn kv_slice_mut<'a>(op: &str, s: &'a mut CpuStorage, l: &Layout) -> Result<KvSliceMut<'a>> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("{op}: cache must be contiguous")
+    };
+    match s {
+        CpuStorage::F32(v) => Ok(KvSliceMut::F32(&mut v[start..end])),
+        CpuStorage::F16(v) => Ok(KvSliceMut::F16(&mut v[start..end])),
+        _ => bail!("{op}: expected an f32 or f16 cache"),
     }
 }
 
@@ -91,10 +106,14 @@ impl CustomOp1 for RmsNorm<'_> {
     }
 }
 
-/// Rotary embedding of `[tokens, heads * head_dim]` at per-token positions.
+/// Rotary embedding at per-token positions of the `num_heads * head_dim`
+/// columns starting at `first_col` of each row of a `[tokens, width]` input
+/// (the query or key part of a fused QKV projection); the output is
+/// `[tokens, num_heads * head_dim]`.
 pub struct Rope<'a> {
     pub table: &'a RopeTable,
     pub positions: &'a [usize],
+    pub first_col: usize,
     pub num_heads: usize,
     pub head_dim: usize,
 }
@@ -105,11 +124,69 @@ impl CustomOp1 for Rope<'_> {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let mut x = f32s("rope", s, l)?.to_vec();
+        let cols = self.num_heads * self.head_dim;
+        let mut x = columns("rope", s, l, self.first_col, cols)?;
         self.table
             .apply(&mut x, self.positions, self.num_heads, self.head_dim)
             .map_err(kernel_err)?;
-        Ok((CpuStorage::F32(x), l.shape().clone()))
+        Ok((CpuStorage::F32(x), with_last_dim(l, cols)))
+    }
+}
+
+/// Columns `first..first + len` of every row of a matrix.
+pub struct Columns {
+    pub first: usize,
+    pub len: usize,
+}
+
+impl CustomOp1 for Columns {
+    fn name(&self) -> &'static str {
+        "columns"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = columns("columns", s, l, self.first, self.len)?;
+        Ok((CpuStorage::F32(x), with_last_dim(l, self.len)))
+    }
+}
+
+/// Copies columns `first..first + len` of each row into a new matrix.
+fn columns(op: &str, s: &CpuStorage, l: &Layout, first: usize, len: usize) -> Result<Vec<f32>> {
+    let x = f32s(op, s, l)?;
+    let (rows, width) = as_matrix(op, l)?;
+    if first + len > width {
+        bail!("{op}: columns {first}..{} of rows of {width}", first + len)
+    }
+    let mut out = Vec::with_capacity(rows * len);
+    for row in x.chunks_exact(width) {
+        out.extend_from_slice(&row[first..first + len]);
+    }
+    Ok(out)
+}
+
+/// `a + b` for two tensors of the same shape (the residual connections):
+/// one pass on the calling thread, which for activation-sized tensors is
+/// cheaper than any fork-join.
+pub struct Add;
+
+impl CustomOp2 for Add {
+    fn name(&self) -> &'static str {
+        "add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &CpuStorage,
+        al: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if al.shape() != bl.shape() {
+            bail!("add: shapes {:?} and {:?} differ", al.shape(), bl.shape())
+        }
+        let (a, b) = (f32s("add", a, al)?, f32s("add", b, bl)?);
+        let out = a.iter().zip(b).map(|(x, y)| x + y).collect();
+        Ok((CpuStorage::F32(out), al.shape().clone()))
     }
 }
 
@@ -172,7 +249,7 @@ impl CustomOp1 for Embedding<'_> {
 pub struct WriteCache<'a> {
     pub geom: KvGeometry,
     pub seqs: &'a [SeqSpan<'a>],
-    pub precision: KvPrecision,
+    pub role: KvRole,
 }
 
 impl InplaceOp2 for WriteCache<'_> {
@@ -182,8 +259,8 @@ impl InplaceOp2 for WriteCache<'_> {
 
     fn cpu_fwd(&self, c: &mut CpuStorage, cl: &Layout, x: &CpuStorage, xl: &Layout) -> Result<()> {
         let x = f32s("write_cache", x, xl)?;
-        let cache = f32s_mut("write_cache", c, cl)?;
-        write_cache(&self.geom, cache, x, self.seqs, self.precision).map_err(kernel_err)
+        let cache = kv_slice_mut("write_cache", c, cl)?;
+        write_cache(&self.geom, cache, x, self.seqs, self.role).map_err(kernel_err)
     }
 }
 
@@ -210,8 +287,8 @@ impl CustomOp3 for PagedAttention<'_> {
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let q = f32s("paged_attention", qs, ql)?;
-        let k = f32s("paged_attention", ks, kl)?;
-        let v = f32s("paged_attention", vs, vl)?;
+        let k = kv_slice("paged_attention", ks, kl)?;
+        let v = kv_slice("paged_attention", vs, vl)?;
         let mut out = vec![0f32; q.len()];
         paged_attention(
             &self.geom,
@@ -231,10 +308,15 @@ impl CustomOp3 for PagedAttention<'_> {
 /// Applies an op that needs no gradient (the model never trains).
 pub trait ApplyExt {
     fn op1<C: CustomOp1>(&self, c: &C) -> Result<Tensor>;
+    fn op2<C: CustomOp2>(&self, other: &Tensor, c: &C) -> Result<Tensor>;
 }
 
 impl ApplyExt for Tensor {
     fn op1<C: CustomOp1>(&self, c: &C) -> Result<Tensor> {
         self.apply_op1_no_bwd(c)
+    }
+
+    fn op2<C: CustomOp2>(&self, other: &Tensor, c: &C) -> Result<Tensor> {
+        self.apply_op2_no_bwd(other, c)
     }
 }

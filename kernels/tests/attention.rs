@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use llm_serve_kernels::attention::{
-    paged_attention, write_cache, KvGeometry, KvPrecision, SeqSpan,
+    paged_attention, write_cache, KvGeometry, KvRole, KvSlice, KvSliceMut, SeqSpan,
 };
 use rand::seq::SliceRandom;
 
@@ -60,8 +60,47 @@ struct Seq {
     total: usize,
 }
 
+/// A layer's K and V caches of one element type.
+enum Caches {
+    F32(Vec<f32>, Vec<f32>),
+    F16(Vec<half::f16>, Vec<half::f16>),
+}
+
+impl Caches {
+    fn new(len: usize, f16: bool) -> Caches {
+        if f16 {
+            Caches::F16(vec![half::f16::NAN; len], vec![half::f16::NAN; len])
+        } else {
+            Caches::F32(vec![f32::NAN; len], vec![f32::NAN; len])
+        }
+    }
+
+    fn write(&mut self, geom: &KvGeometry, k: &[f32], v: &[f32], spans: &[SeqSpan]) {
+        match self {
+            Caches::F32(kc, vc) => {
+                write_cache(geom, KvSliceMut::F32(kc), k, spans, KvRole::Key).unwrap();
+                write_cache(geom, KvSliceMut::F32(vc), v, spans, KvRole::Value).unwrap();
+            }
+            Caches::F16(kc, vc) => {
+                write_cache(geom, KvSliceMut::F16(kc), k, spans, KvRole::Key).unwrap();
+                write_cache(geom, KvSliceMut::F16(vc), v, spans, KvRole::Value).unwrap();
+            }
+        }
+    }
+
+    fn slices(&self) -> (KvSlice<'_>, KvSlice<'_>) {
+        match self {
+            Caches::F32(k, v) => (KvSlice::F32(k), KvSlice::F32(v)),
+            Caches::F16(k, v) => (KvSlice::F16(k), KvSlice::F16(v)),
+        }
+    }
+}
+
 /// Runs several sequences through the cache in chunks (prefill chunks then
-/// single decode tokens, batched raggedly) and checks every step's output.
+/// single decode tokens, batched raggedly) and checks every step's output
+/// against dense attention over the same (for an f16 cache, f16-rounded)
+/// keys and values.
+#[allow(clippy::too_many_arguments)]
 fn check(
     block_size: usize,
     heads: usize,
@@ -70,6 +109,7 @@ fn check(
     lens: &[usize],
     chunk: usize,
     seed: u64,
+    f16: bool,
 ) {
     let mut r = rng(seed);
     let blocks_per_seq: Vec<usize> = lens.iter().map(|l| l.div_ceil(block_size)).collect();
@@ -97,8 +137,14 @@ fn check(
             }
         })
         .collect();
-    let mut k_cache = vec![f32::NAN; geom.layer_len()];
-    let mut v_cache = vec![f32::NAN; geom.layer_len()];
+    if f16 {
+        for s in &mut seqs {
+            for x in s.k.iter_mut().chain(s.v.iter_mut()) {
+                *x = half::f16::from_f32(*x).to_f32();
+            }
+        }
+    }
+    let mut caches = Caches::new(geom.layer_len(), f16);
     let scale = 1.0 / (d as f32).sqrt();
     let mut done = vec![0usize; lens.len()];
     while done.iter().zip(lens).any(|(d, l)| d < l) {
@@ -135,11 +181,11 @@ fn check(
                 block_table: &seqs[i].table,
             });
         }
-        write_cache(&geom, &mut k_cache, &k_all, &spans, KvPrecision::F32).unwrap();
-        write_cache(&geom, &mut v_cache, &v_all, &spans, KvPrecision::F32).unwrap();
+        caches.write(&geom, &k_all, &v_all, &spans);
+        let (k_cache, v_cache) = caches.slices();
         let mut out = vec![0f32; q_all.len()];
         paged_attention(
-            &geom, &q_all, &k_cache, &v_cache, heads, &spans, scale, &mut out,
+            &geom, &q_all, k_cache, v_cache, heads, &spans, scale, &mut out,
         )
         .unwrap();
         for &(i, first, n, st) in &firsts {
@@ -160,20 +206,25 @@ fn check(
             let err = max_abs_diff(got, &expected);
             assert!(
                 err < 1e-5,
-                "bs={block_size} h={heads}/{kv_heads} d={d} seq {i} at {first}+{n}: {err}"
+                "bs={block_size} h={heads}/{kv_heads} d={d} f16={f16} seq {i} at {first}+{n}: {err}"
             );
         }
     }
 }
 
+/// Head sizes of the SIMD kernel (32, 64, 128) and of the portable one
+/// (16, 24), f32 and f16 caches, block sizes that split and do not split
+/// 16-key runs, GQA group sizes of 1 to 8 (chunks of 1 to 4 queries).
 #[test]
 fn paged_equals_dense_across_block_sizes_gqa_and_lengths() {
     let mut seed = 100;
-    for &bs in &[1usize, 4, 16, 32] {
+    for &bs in &[1usize, 4, 16, 32, 24] {
         for &(h, kvh) in &[(4usize, 4usize), (4, 2), (8, 1), (9, 3)] {
-            for &d in &[16usize, 64, 24] {
-                seed += 1;
-                check(bs, h, kvh, d, &[1, 17, 40, 33], 7, seed);
+            for &d in &[16usize, 64, 24, 32, 128] {
+                for f16 in [false, true] {
+                    seed += 1;
+                    check(bs, h, kvh, d, &[1, 17, 40, 33], 7, seed, f16);
+                }
             }
         }
     }
@@ -181,7 +232,54 @@ fn paged_equals_dense_across_block_sizes_gqa_and_lengths() {
 
 #[test]
 fn long_prefill_in_one_chunk() {
-    check(16, 9, 3, 64, &[300], 300, 7);
+    check(16, 9, 3, 64, &[300], 300, 7, false);
+    check(16, 9, 3, 64, &[300], 300, 8, true);
+}
+
+/// A query decoded alone and the same query inside a prefill chunk (other
+/// queries in its tile and chunk) see the same keys and give the same bits.
+#[test]
+fn outputs_do_not_depend_on_the_query_tile() {
+    let geom = KvGeometry {
+        num_blocks: 8,
+        block_size: 16,
+        num_kv_heads: 3,
+        head_dim: 64,
+    };
+    let mut r = rng(5);
+    let total = 70;
+    let row = 3 * 64;
+    let k = randn(&mut r, total * row, 1.0);
+    let v = randn(&mut r, total * row, 1.0);
+    let q = randn(&mut r, total * 9 * 64, 1.0);
+    let table: Vec<u32> = vec![3, 1, 7, 0, 5];
+    let mut caches = Caches::new(geom.layer_len(), true);
+    let all = SeqSpan {
+        start: 0,
+        len: total,
+        context_len: total,
+        block_table: &table,
+    };
+    caches.write(&geom, &k, &v, &[all]);
+    let (kc, vc) = caches.slices();
+    let mut full = vec![0f32; q.len()];
+    paged_attention(&geom, &q, kc, vc, 9, &[all], 0.125, &mut full).unwrap();
+    for last in [1usize, 17, 33, 69] {
+        let one = SeqSpan {
+            start: 0,
+            len: 1,
+            context_len: last + 1,
+            block_table: &table,
+        };
+        let qrow = &q[last * 9 * 64..(last + 1) * 9 * 64];
+        let mut out = vec![0f32; qrow.len()];
+        paged_attention(&geom, qrow, kc, vc, 9, &[one], 0.125, &mut out).unwrap();
+        assert_eq!(
+            out,
+            full[last * 9 * 64..(last + 1) * 9 * 64],
+            "position {last}"
+        );
+    }
 }
 
 #[test]
@@ -192,7 +290,8 @@ fn bad_block_tables_are_errors_not_panics() {
         num_kv_heads: 1,
         head_dim: 4,
     };
-    let cache = vec![0f32; geom.layer_len()];
+    let cache_values = vec![0f32; geom.layer_len()];
+    let cache = KvSlice::F32(&cache_values);
     let q = vec![0f32; 4];
     let mut out = vec![0f32; 4];
     let short = [0u32];
@@ -202,7 +301,7 @@ fn bad_block_tables_are_errors_not_panics() {
         context_len: 6,
         block_table: &short,
     };
-    assert!(paged_attention(&geom, &q, &cache, &cache, 1, &[span], 1.0, &mut out).is_err());
+    assert!(paged_attention(&geom, &q, cache, cache, 1, &[span], 1.0, &mut out).is_err());
     let outside = [0u32, 9];
     let span = SeqSpan {
         start: 0,
@@ -210,12 +309,12 @@ fn bad_block_tables_are_errors_not_panics() {
         context_len: 6,
         block_table: &outside,
     };
-    assert!(paged_attention(&geom, &q, &cache, &cache, 1, &[span], 1.0, &mut out).is_err());
+    assert!(paged_attention(&geom, &q, cache, cache, 1, &[span], 1.0, &mut out).is_err());
     let span = SeqSpan {
         start: 1,
         len: 1,
         context_len: 1,
         block_table: &short,
     };
-    assert!(paged_attention(&geom, &q, &cache, &cache, 1, &[span], 1.0, &mut out).is_err());
+    assert!(paged_attention(&geom, &q, cache, cache, 1, &[span], 1.0, &mut out).is_err());
 }

@@ -63,19 +63,26 @@ fn rope_rotates_pairs_by_position_times_frequency() {
     }
 }
 
+/// Short rows (a partial SIMD register) and a batch large enough to be
+/// split across threads.
 #[test]
 fn silu_mul_matches_formula() {
     let mut r = rng(22);
-    let inter = 5;
-    let gu = randn(&mut r, 2 * 2 * inter, 3.0);
-    let mut out = vec![0f32; 2 * inter];
-    silu_mul(&gu, inter, &mut out).unwrap();
-    for t in 0..2 {
-        for i in 0..inter {
-            let g = gu[t * 2 * inter + i] as f64;
-            let u = gu[t * 2 * inter + inter + i] as f64;
-            let e = g / (1.0 + (-g).exp()) * u;
-            assert!((out[t * inter + i] as f64 - e).abs() < 1e-5);
+    for (inter, rows) in [(5usize, 2usize), (1536, 12)] {
+        let gu = randn(&mut r, rows * 2 * inter, 6.0);
+        let mut out = vec![0f32; rows * inter];
+        silu_mul(&gu, inter, &mut out).unwrap();
+        for t in 0..rows {
+            for i in 0..inter {
+                let g = gu[t * 2 * inter + i] as f64;
+                let u = gu[t * 2 * inter + inter + i] as f64;
+                let e = g / (1.0 + (-g).exp()) * u;
+                let got = out[t * inter + i] as f64;
+                assert!(
+                    (got - e).abs() < 1e-5 * e.abs().max(1.0),
+                    "inter {inter} row {t} col {i}: {got} vs {e}"
+                );
+            }
         }
     }
 }

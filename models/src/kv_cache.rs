@@ -1,31 +1,40 @@
 //! The paged KV cache: per layer, one K and one V tensor of
-//! `[num_blocks, num_kv_heads, block_size, head_dim]`.
+//! `[num_blocks, num_kv_heads, block_size, head_dim]` values (inside a
+//! block K is stored transposed, see `llm_serve_kernels::attention`).
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use candle_core::{DType, Device, Tensor};
-use llm_serve_kernels::attention::{KvGeometry, KvPrecision};
+use candle_core::{Device, Tensor};
+use llm_serve_kernels::attention::KvGeometry;
 
 /// Precision of the cached K/V values (vLLM's `kv_cache_dtype`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheDtype {
     F32,
-    /// Values rounded to f16, as llama.cpp caches them by default. They
-    /// are stored in f32 slots: the memory is that of an f32 cache.
+    /// f16, as llama.cpp caches K/V by default.
     F16,
 }
 
 impl CacheDtype {
     /// Bytes one cached value takes.
     pub fn bytes(self) -> usize {
-        4
+        match self {
+            CacheDtype::F32 => 4,
+            CacheDtype::F16 => 2,
+        }
     }
 
-    pub fn precision(self) -> KvPrecision {
-        match self {
-            CacheDtype::F32 => KvPrecision::F32,
-            CacheDtype::F16 => KvPrecision::F16,
-        }
+    /// A tensor of zeros whose pages the OS supplies on first touch (a
+    /// large cache costs nothing until its blocks are used).
+    fn zeros(self, shape: (usize, usize, usize, usize), device: &Device) -> Result<Tensor> {
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        Ok(match self {
+            CacheDtype::F32 => Tensor::from_vec(vec![0f32; n], shape, device)?,
+            CacheDtype::F16 => {
+                let values: Vec<half::f16> = bytemuck::allocation::cast_vec(vec![0u16; n]);
+                Tensor::from_vec(values, shape, device)?
+            }
+        })
     }
 }
 
@@ -37,8 +46,8 @@ pub struct KvCache {
 
 impl KvCache {
     /// Bytes one block takes across all layers (K and V).
-    pub fn bytes_per_block(cfg: &ModelConfig, block_size: usize) -> usize {
-        2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * block_size * CacheDtype::F32.bytes()
+    pub fn bytes_per_block(cfg: &ModelConfig, block_size: usize, dtype: CacheDtype) -> usize {
+        2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * block_size * dtype.bytes()
     }
 
     pub fn new(
@@ -61,12 +70,7 @@ impl KvCache {
         };
         let shape = (num_blocks, cfg.num_kv_heads, block_size, cfg.head_dim);
         let layers = (0..cfg.num_layers)
-            .map(|_| {
-                Ok((
-                    Tensor::zeros(shape, DType::F32, device)?,
-                    Tensor::zeros(shape, DType::F32, device)?,
-                ))
-            })
+            .map(|_| Ok((dtype.zeros(shape, device)?, dtype.zeros(shape, device)?)))
             .collect::<Result<Vec<_>>>()?;
         Ok(KvCache {
             geom,

@@ -11,9 +11,9 @@ use crate::rope_scaling::inv_freq;
 use crate::safetensors_store::SafetensorsStore;
 use crate::source::{ModelFiles, WeightsFormat};
 use candle_core::{Device, Tensor};
-use llm_serve_kernels::attention::SeqSpan;
+use llm_serve_kernels::attention::{KvRole, SeqSpan};
 use llm_serve_kernels::ops::{
-    ApplyExt, Embedding, PagedAttention, RmsNorm, Rope, SiluMul, WriteCache,
+    Add, ApplyExt, Columns, Embedding, PagedAttention, RmsNorm, Rope, SiluMul, WriteCache,
 };
 use llm_serve_kernels::rope::RopeTable;
 use llm_serve_kernels::QMatrix;
@@ -286,29 +286,41 @@ impl Model {
                 eps: cfg.rms_norm_eps,
             })?;
             let qkv = layer.qkv.forward(&h)?;
-            let q = qkv.narrow(1, 0, nh * d)?.contiguous()?;
-            let k = qkv.narrow(1, nh * d, nkv * d)?.contiguous()?;
-            let v = qkv.narrow(1, (nh + nkv) * d, nkv * d)?.contiguous()?;
-            let q = q.op1(&Rope {
+            let q = qkv.op1(&Rope {
                 table: &self.rope,
                 positions: &positions,
+                first_col: 0,
                 num_heads: nh,
                 head_dim: d,
             })?;
-            let k = k.op1(&Rope {
+            let k = qkv.op1(&Rope {
                 table: &self.rope,
                 positions: &positions,
+                first_col: nh * d,
                 num_heads: nkv,
                 head_dim: d,
             })?;
+            let v = qkv.op1(&Columns {
+                first: (nh + nkv) * d,
+                len: nkv * d,
+            })?;
             let (k_cache, v_cache) = cache.layer(li);
-            let write = WriteCache {
-                geom,
-                seqs: &spans,
-                precision: cache.dtype().precision(),
-            };
-            k_cache.inplace_op2(&k, &write)?;
-            v_cache.inplace_op2(&v, &write)?;
+            k_cache.inplace_op2(
+                &k,
+                &WriteCache {
+                    geom,
+                    seqs: &spans,
+                    role: KvRole::Key,
+                },
+            )?;
+            v_cache.inplace_op2(
+                &v,
+                &WriteCache {
+                    geom,
+                    seqs: &spans,
+                    role: KvRole::Value,
+                },
+            )?;
             let attn = q.apply_op3_no_bwd(
                 k_cache,
                 v_cache,
@@ -319,13 +331,13 @@ impl Model {
                     scale,
                 },
             )?;
-            x = (x + layer.o.forward(&attn)?)?;
+            x = x.op2(&layer.o.forward(&attn)?, &Add)?;
             let h = x.op1(&RmsNorm {
                 weight: &layer.mlp_norm,
                 eps: cfg.rms_norm_eps,
             })?;
             let act = layer.gate_up.forward(&h)?.op1(&SiluMul)?;
-            x = (x + layer.down.forward(&act)?)?;
+            x = x.op2(&layer.down.forward(&act)?, &Add)?;
         }
         let n_wanted = wanted.len();
         if n_wanted == 0 {

@@ -1,5 +1,6 @@
-//! `llm-serve bench`: prompt-processing and generation speed of one
-//! sequence on fixed token ids (the work llama-bench's pp/tg tests do).
+//! `llm-serve bench`: prompt-processing and generation speed on fixed token
+//! ids: of one sequence (the work llama-bench's pp/tg tests do), or of a
+//! batch of sequences processed together (llama-batched-bench's).
 
 use crate::cli::BenchArgs;
 use anyhow::Result;
@@ -20,53 +21,62 @@ pub fn run(args: BenchArgs) -> Result<()> {
         model.max_model_len()
     );
     let vocab = model.config().vocab_size as u64;
-    // Deterministic, spread-out token ids (no tokenizer needed).
-    let ids: Vec<u32> = (0..total as u64)
-        .map(|i| ((i * 2_654_435_761 + 17) % vocab) as u32)
+    let batch = args.batch as usize;
+    // Deterministic, spread-out token ids (no tokenizer needed), different
+    // for every sequence.
+    let ids: Vec<Vec<u32>> = (0..batch as u64)
+        .map(|s| {
+            (0..total as u64)
+                .map(|i| ((s * 7919 + i * 2_654_435_761 + 17) % vocab) as u32)
+                .collect()
+        })
         .collect();
-    let table: Vec<u32> = (0..context.div_ceil(BLOCK_SIZE) as u32).collect();
+    let blocks_per_seq = context.div_ceil(BLOCK_SIZE);
+    let tables: Vec<Vec<u32>> = (0..batch)
+        .map(|s| ((s * blocks_per_seq) as u32..((s + 1) * blocks_per_seq) as u32).collect())
+        .collect();
     let mut cache = KvCache::new(
         model.config(),
-        table.len(),
+        batch * blocks_per_seq,
         BLOCK_SIZE,
         model.default_cache_dtype(),
         model.device(),
     )?;
-    // As llama-bench: the prompt test processes `prompt_tokens` from an
-    // empty cache in one pass; the generation test decodes `gen_tokens` one
-    // at a time, also from an empty cache.
+    // As llama-bench: the prompt test processes `prompt_tokens` of every
+    // sequence from an empty cache in one pass; the generation test decodes
+    // `gen_tokens` one step at a time, also from an empty cache.
     let mut pp_rates = Vec::new();
     let mut tg_rates = Vec::new();
     for rep in 0..=args.repetitions.max(1) {
-        let t = Instant::now();
-        model.forward(
-            &[SeqInput {
-                tokens: &ids[..args.prompt_tokens],
+        let prompts: Vec<SeqInput> = (0..batch)
+            .map(|s| SeqInput {
+                tokens: &ids[s][..args.prompt_tokens],
                 start_pos: 0,
-                block_table: &table,
+                block_table: &tables[s],
                 logits: LogitsWanted::Last,
-            }],
-            &mut cache,
-        )?;
+            })
+            .collect();
+        let t = Instant::now();
+        model.forward(&prompts, &mut cache)?;
         let pp = t.elapsed().as_secs_f64();
         let t = Instant::now();
         for i in 0..args.gen_tokens {
-            model.forward(
-                &[SeqInput {
-                    tokens: &ids[args.prompt_tokens + i..args.prompt_tokens + i + 1],
+            let step: Vec<SeqInput> = (0..batch)
+                .map(|s| SeqInput {
+                    tokens: &ids[s][args.prompt_tokens + i..args.prompt_tokens + i + 1],
                     start_pos: i,
-                    block_table: &table,
+                    block_table: &tables[s],
                     logits: LogitsWanted::Last,
-                }],
-                &mut cache,
-            )?;
+                })
+                .collect();
+            model.forward(&step, &mut cache)?;
         }
         let tg = t.elapsed().as_secs_f64();
         // The first round warms caches and allocations up.
         if rep > 0 {
-            pp_rates.push(args.prompt_tokens as f64 / pp);
+            pp_rates.push((batch * args.prompt_tokens) as f64 / pp);
             if args.gen_tokens > 0 {
-                tg_rates.push(args.gen_tokens as f64 / tg);
+                tg_rates.push((batch * args.gen_tokens) as f64 / tg);
             }
         }
     }
@@ -81,6 +91,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "simd": llm_serve_kernels::cpu::simd_level().name(),
                 "prompt_tokens": args.prompt_tokens,
                 "gen_tokens": args.gen_tokens,
+                "batch": batch,
                 "prefill_tokens_per_s": pp_tps,
                 "prefill_stddev": pp_sd,
                 "decode_tokens_per_s": tg_tps,
@@ -90,7 +101,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     } else {
         println!(
-            "{}: {} threads ({}), pp{}: {:.1} ± {:.1} tokens/s, tg{}: {:.1} ± {:.1} tokens/s",
+            "{}: {} threads ({}), batch {batch}, pp{}: {:.1} ± {:.1} tokens/s, tg{}: {:.1} ± {:.1} tokens/s",
             args.model,
             threads,
             llm_serve_kernels::cpu::simd_level().name(),
@@ -105,7 +116,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Mean and sample standard deviation.
 /// Mean and sample standard deviation.
 pub(crate) fn mean_sd(xs: &[f64]) -> (f64, f64) {
     if xs.is_empty() {

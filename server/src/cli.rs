@@ -68,6 +68,11 @@ pub struct BenchArgs {
     /// Tokens generated one at a time after the prompt.
     #[arg(long, default_value_t = 128)]
     pub gen_tokens: usize,
+    /// Sequences processed together (as llama-batched-bench): the prompt
+    /// test runs all their prompts in one pass, the generation test decodes
+    /// one token of each per step; rates count the tokens of all of them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch: u32,
     /// Measured repetitions (mean and deviation are reported; one warm-up
     /// round runs first).
     #[arg(long, default_value_t = 3)]

@@ -71,7 +71,8 @@ impl Engine {
             .unwrap_or(model.max_model_len())
             .min(model.max_model_len());
         cfg.validate(max_model_len)?;
-        let bytes_per_block = KvCache::bytes_per_block(model.config(), cfg.block_size);
+        let cache_dtype = model.default_cache_dtype();
+        let bytes_per_block = KvCache::bytes_per_block(model.config(), cfg.block_size, cache_dtype);
         let num_blocks = cfg.num_blocks(bytes_per_block, available_memory_bytes())?;
         if num_blocks * cfg.block_size < max_model_len {
             return Err(EngineError::InvalidParam {
@@ -87,7 +88,7 @@ impl Engine {
             model.config(),
             num_blocks,
             cfg.block_size,
-            model.default_cache_dtype(),
+            cache_dtype,
             model.device(),
         )?;
         tracing::info!(

@@ -8,6 +8,8 @@ pub mod dot;
 mod dot_avx2;
 pub mod dot_ref;
 pub mod gemv_avx2;
+pub mod packed;
+pub mod packed_avx512;
 
 use crate::{Error, Result};
 
