@@ -13,7 +13,8 @@ greedy) are submitted at once:
   requests sent concurrently to /completion with the same token ids.
 
 Aggregate throughput = generated tokens / wall time from the first request
-to the last. The two sides alternate level by level in one run.
+to the last. The two sides alternate level by level in one run; with
+--rounds R the whole sweep runs R times and each figure is the median.
 
     python3 bench/engine_throughput.py --llama-server /path/to/llama-server
 """
@@ -105,21 +106,37 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--vocab", type=int, default=49152)
+    ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     levels = [int(x) for x in a.concurrency.split(",")]
     prompts = make_prompts(max(levels), a.prompt_tokens, a.vocab)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(prompts, f)
         prompts_file = f.name
-    rows = []
-    for c in levels:
-        o = ours(a.llm_serve, a.model, a.threads, c, prompts_file, a.prompt_tokens, a.gen_tokens)
-        l = llama(a.llama_server, a.model, a.threads, c, prompts, a.prompt_tokens, a.gen_tokens) if a.llama_server else None
-        rows.append((c, o, l))
+    runs = {c: ([], []) for c in levels}
+    for r in range(a.rounds):
+        for c in levels:
+            o = ours(a.llm_serve, a.model, a.threads, c, prompts_file, a.prompt_tokens, a.gen_tokens)
+            l = llama(a.llama_server, a.model, a.threads, c, prompts, a.prompt_tokens, a.gen_tokens) if a.llama_server else None
+            runs[c][0].append(o)
+            if l:
+                runs[c][1].append(l)
+            lt = f"{l['gen_tokens_per_s']:7.1f}" if l else "    n/a"
+            print(f"round {r + 1} concurrency {c:>3}: llm-serve {o['gen_tokens_per_s']:7.1f} tok/s   llama-server {lt} tok/s",
+                  flush=True)
+
+    def median(results):
+        if not results:
+            return None
+        v = sorted(x["gen_tokens_per_s"] for x in results)
+        return {"gen_tokens_per_s": v[len(v) // 2]}
+
+    rows = [(c, median(runs[c][0]), median(runs[c][1])) for c in levels]
+    print(f"\nmedians of {a.rounds} rounds:")
+    for c, o, l in rows:
         lt = f"{l['gen_tokens_per_s']:7.1f}" if l else "    n/a"
         ratio = f"{o['gen_tokens_per_s'] / l['gen_tokens_per_s']:.2f}x" if l else "n/a"
-        print(f"concurrency {c:>3}: llm-serve {o['gen_tokens_per_s']:7.1f} tok/s   llama-server {lt} tok/s   ratio {ratio}",
-              flush=True)
+        print(f"concurrency {c:>3}: llm-serve {o['gen_tokens_per_s']:7.1f} tok/s   llama-server {lt} tok/s   ratio {ratio}")
     base_o = rows[0][1]["gen_tokens_per_s"]
     base_l = rows[0][2]["gen_tokens_per_s"] if rows[0][2] else None
     print("\nscaling against 1 request:")

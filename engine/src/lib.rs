@@ -7,6 +7,7 @@ pub mod engine;
 mod error;
 pub mod generate;
 pub mod output;
+pub mod replica;
 pub mod sampling;
 pub mod tokenizer;
 

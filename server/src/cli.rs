@@ -18,6 +18,12 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Serve one model over the OpenAI-compatible API: the router in this
+    /// process, the engine in a replica child process.
+    Serve(ServeArgs),
+    /// Host one engine replica over the replica protocol (started by
+    /// `serve` and the controller, not by hand).
+    Replica(ReplicaArgs),
     /// Generate text from a prompt or a chat message, offline (no server).
     Generate(GenerateArgs),
     /// Measure prompt processing and generation speed of a model (one
@@ -142,4 +148,92 @@ pub struct GenerateArgs {
     /// Compute threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+/// Engine settings as vLLM names its flags; they become the replica's
+/// `engine_kwargs`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct EngineFlags {
+    /// Context length (default: the model's).
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+    /// Most sequences running at once.
+    #[arg(long)]
+    pub max_num_seqs: Option<usize>,
+    /// Token budget of one engine step.
+    #[arg(long)]
+    pub max_num_batched_tokens: Option<usize>,
+    /// Tokens per KV-cache block.
+    #[arg(long)]
+    pub block_size: Option<usize>,
+    /// Bytes for the KV cache (default: a fraction of available memory).
+    #[arg(long)]
+    pub kv_cache_memory_bytes: Option<usize>,
+    /// Fraction of available memory for the KV cache when no byte count is
+    /// given.
+    #[arg(long)]
+    pub kv_cache_memory_fraction: Option<f64>,
+    /// Automatic prefix caching (true or false).
+    #[arg(long)]
+    pub enable_prefix_caching: Option<bool>,
+    /// Chunked prefill (true or false).
+    #[arg(long)]
+    pub enable_chunked_prefill: Option<bool>,
+    /// fcfs or priority.
+    #[arg(long)]
+    pub scheduling_policy: Option<String>,
+    /// More engine settings as a JSON object (Ray Serve LLM's
+    /// `engine_kwargs`); the flags above override its keys.
+    #[arg(long)]
+    pub engine_kwargs: Option<String>,
+    /// Compute threads of the replica (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A GGUF file, a Hugging Face model directory, a hub id, or `default`.
+    #[arg(long)]
+    pub model: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: String,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// The name clients use in `model` (default: the model source).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Require `Authorization: Bearer <key>` (not for /health and /metrics).
+    #[arg(long, env = "LLM_SERVE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Request bodies above this many bytes are refused with a 413.
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    pub max_request_body_bytes: usize,
+    /// Seconds in-flight requests get to finish on shutdown.
+    #[arg(long, default_value_t = 30.0)]
+    pub graceful_shutdown_timeout_s: f64,
+    #[command(flatten)]
+    pub engine: EngineFlags,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplicaArgs {
+    /// A GGUF file, a Hugging Face model directory, a hub id, or `default`.
+    #[arg(long)]
+    pub model: String,
+    /// The replica's id (for logs).
+    #[arg(long, default_value = "replica")]
+    pub replica_id: String,
+    /// Address to serve the replica protocol on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port; the replica reports it on stdout.
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, default_value_t = 30.0)]
+    pub graceful_shutdown_timeout_s: f64,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }

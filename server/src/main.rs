@@ -3,7 +3,12 @@
 mod bench;
 mod bench_engine;
 mod cli;
+mod engine_kwargs;
 mod generate;
+mod replica;
+mod replica_process;
+mod serve;
+mod signals;
 
 use clap::Parser;
 
@@ -11,6 +16,8 @@ fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     init_logging(cli.log_level.as_deref());
     let result = match cli.command {
+        cli::Command::Serve(args) => serve::run(args),
+        cli::Command::Replica(args) => replica::run(args),
         cli::Command::Generate(args) => generate::run(args),
         cli::Command::Bench(args) => bench::run(args),
         cli::Command::BenchEngine(args) => bench_engine::run(args),

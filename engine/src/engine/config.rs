@@ -4,8 +4,10 @@
 use super::scheduler::SchedulingPolicy;
 use crate::error::{EngineError, Result};
 
-/// Settings of one engine.
-#[derive(Clone, Debug)]
+/// Settings of one engine. Deserializes from Ray Serve LLM's
+/// `engine_kwargs` (unknown keys are errors, absent ones take defaults).
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
     /// Tokens per KV block.
     pub block_size: usize,
@@ -44,6 +46,12 @@ fn bad(param: &'static str, message: String) -> EngineError {
 }
 
 impl EngineConfig {
+    /// Reads `engine_kwargs` (a JSON object); errors name the key.
+    pub fn from_kwargs(kwargs: &serde_json::Value) -> Result<Self> {
+        serde_json::from_value(kwargs.clone())
+            .map_err(|e| bad("engine_kwargs", format!("engine_kwargs: {e}")))
+    }
+
     /// Checks the settings against the model's context length (the one in
     /// use, after `max_model_len`).
     pub fn validate(&self, max_model_len: usize) -> Result<()> {

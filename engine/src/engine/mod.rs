@@ -9,12 +9,14 @@
 
 pub mod blocks;
 mod config;
+mod histograms;
 mod request;
 pub mod scheduler;
 mod stats;
 mod worker;
 
 pub use config::{available_memory_bytes, EngineConfig};
+pub use histograms::{EngineHistograms, Histogram};
 pub use request::{EngineEvent, EngineRequest, RequestTimes, TokenDelta, Usage};
 pub use scheduler::SchedulingPolicy;
 pub use stats::EngineStats;
@@ -44,6 +46,12 @@ pub(crate) enum Command {
     Shutdown,
 }
 
+/// What the engine thread publishes after each step.
+pub(crate) struct Published {
+    pub(crate) stats: EngineStats,
+    pub(crate) histograms: EngineHistograms,
+}
+
 /// Fixed facts about a running engine.
 #[derive(Clone, Copy, Debug)]
 pub struct EngineInfo {
@@ -56,7 +64,7 @@ pub struct EngineInfo {
 /// The handle to an engine thread. Dropping it stops the engine.
 pub struct Engine {
     commands: mpsc::Sender<Command>,
-    stats: Arc<Mutex<EngineStats>>,
+    stats: Arc<Mutex<Published>>,
     next_id: AtomicU64,
     info: EngineInfo,
     tokenizer: Arc<Tokenizer>,
@@ -109,9 +117,12 @@ impl Engine {
             block_size: cfg.block_size,
             num_blocks,
         };
-        let stats = Arc::new(Mutex::new(EngineStats {
-            kv_blocks_total: num_blocks,
-            ..EngineStats::default()
+        let stats = Arc::new(Mutex::new(Published {
+            stats: EngineStats {
+                kv_blocks_total: num_blocks,
+                ..EngineStats::default()
+            },
+            histograms: EngineHistograms::new(max_model_len),
         }));
         let (tx, rx) = mpsc::channel();
         let worker =
@@ -140,9 +151,18 @@ impl Engine {
 
     /// The latest counters.
     pub fn stats(&self) -> EngineStats {
+        self.published(|p| p.stats)
+    }
+
+    /// The latest request histograms.
+    pub fn histograms(&self) -> EngineHistograms {
+        self.published(|p| p.histograms.clone())
+    }
+
+    fn published<T>(&self, f: impl FnOnce(&Published) -> T) -> T {
         match self.stats.lock() {
-            Ok(s) => *s,
-            Err(poisoned) => *poisoned.into_inner(),
+            Ok(p) => f(&p),
+            Err(poisoned) => f(&poisoned.into_inner()),
         }
     }
 

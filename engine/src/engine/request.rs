@@ -79,6 +79,8 @@ pub struct TokenDelta {
     pub text: String,
     /// The chosen token's logprob and the top ones, when asked for.
     pub logprobs: Option<Sampled>,
+    /// Set when this token ended the sample (a `SampleFinished` follows).
+    pub finish: Option<FinishReason>,
 }
 
 /// What the engine streams for a request.

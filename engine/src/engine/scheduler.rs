@@ -20,7 +20,8 @@ use std::collections::{HashMap, VecDeque};
 pub type SeqId = u64;
 
 /// How waiting sequences are ordered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SchedulingPolicy {
     /// First come, first served.
     #[default]

@@ -2,10 +2,11 @@
 //! runs schedule → forward → sample → stream until told to stop.
 
 use super::blocks::BlockManager;
+use super::histograms::EngineHistograms;
 use super::request::{EngineEvent, EngineRequest, RequestTimes, TokenDelta, Usage};
 use super::scheduler::{Schedule, Scheduler, SchedulerConfig, SeqId, SeqState};
 use super::stats::EngineStats;
-use super::{Command, EngineConfig, EngineInfo, RequestId};
+use super::{Command, EngineConfig, EngineInfo, Published, RequestId};
 use crate::output::{FinishReason, OutputState};
 use crate::sampling::{SamplingParams, SequenceSampler};
 use crate::tokenizer::Tokenizer;
@@ -30,6 +31,9 @@ struct Request {
     events: UnboundedSender<EngineEvent>,
     times: RequestTimes,
     cached_prompt_tokens: Option<usize>,
+    /// When its latest tokens came out, and in which step (one
+    /// inter-token latency per step, however many samples).
+    last_token: Option<(Instant, u64)>,
 }
 
 impl Request {
@@ -48,7 +52,10 @@ pub(crate) struct Worker {
     owner: HashMap<SeqId, (RequestId, usize)>,
     next_seq: SeqId,
     stats: EngineStats,
-    shared_stats: Arc<Mutex<EngineStats>>,
+    histograms: EngineHistograms,
+    /// Whether `histograms` changed since they were last published.
+    histograms_changed: bool,
+    shared_stats: Arc<Mutex<Published>>,
     eos: Vec<u32>,
 }
 
@@ -59,7 +66,7 @@ impl Worker {
         cache: KvCache,
         cfg: &EngineConfig,
         info: EngineInfo,
-        shared_stats: Arc<Mutex<EngineStats>>,
+        shared_stats: Arc<Mutex<Published>>,
     ) -> Self {
         let blocks = BlockManager::new(info.num_blocks, cfg.block_size, cfg.enable_prefix_caching);
         let sched = Scheduler::new(
@@ -85,6 +92,8 @@ impl Worker {
                 kv_blocks_total: info.num_blocks,
                 ..EngineStats::default()
             },
+            histograms: EngineHistograms::new(info.max_model_len),
+            histograms_changed: false,
             shared_stats,
             eos,
         }
@@ -172,6 +181,7 @@ impl Worker {
                 events,
                 times: RequestTimes::new(arrival),
                 cached_prompt_tokens: None,
+                last_token: None,
             },
         );
     }
@@ -223,6 +233,11 @@ impl Worker {
         }
         self.stats.steps += 1;
         self.stats.busy += started.elapsed();
+        let step_tokens: usize = plan.seqs.iter().map(|s| s.len).sum();
+        self.histograms
+            .iteration_tokens_total
+            .observe(step_tokens as f64);
+        self.histograms_changed = true;
     }
 
     /// One forward pass over the plan; logits of the sequences that sample,
@@ -273,12 +288,29 @@ impl Worker {
                 }
             };
             self.stats.generation_tokens += 1;
-            r.times.first_token.get_or_insert(now);
+            if r.times.first_token.is_none() {
+                r.times.first_token = Some(now);
+                self.histograms
+                    .time_to_first_token_seconds
+                    .observe(now.duration_since(r.times.arrival).as_secs_f64());
+            }
+            let step = self.stats.steps;
+            match r.last_token {
+                Some((_, s)) if s == step => {}
+                Some((t, _)) => {
+                    self.histograms
+                        .inter_token_latency_seconds
+                        .observe(now.duration_since(t).as_secs_f64());
+                    r.last_token = Some((now, step));
+                }
+                None => r.last_token = Some((now, step)),
+            }
             let delivered = r.send(EngineEvent::Token(TokenDelta {
                 index,
                 token: picked.token,
                 text: update.text,
                 logprobs: r.params.logprobs.map(|_| picked),
+                finish: update.finished.clone(),
             }));
             if !delivered {
                 self.abort_request(rid);
@@ -354,6 +386,15 @@ impl Worker {
             completion_tokens: r.samples.iter().map(|s| s.output.generated()).sum(),
             cached_prompt_tokens: r.cached_prompt_tokens.unwrap_or(0),
         };
+        self.histograms.observe_finished(
+            &r.times,
+            r.last_token.map(|(t, _)| t),
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            r.samples.len(),
+            r.params.max_tokens,
+        );
+        self.histograms_changed = true;
         r.send(EngineEvent::Finished {
             usage,
             times: r.times,
@@ -381,9 +422,14 @@ impl Worker {
         self.stats.prefix_cache_queries = c.queries;
         self.stats.prefix_cache_hits = c.hits;
         self.stats.preemptions = self.sched.preemptions();
-        match self.shared_stats.lock() {
-            Ok(mut s) => *s = self.stats,
-            Err(poisoned) => *poisoned.into_inner() = self.stats,
+        let mut shared = match self.shared_stats.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        shared.stats = self.stats;
+        if self.histograms_changed {
+            shared.histograms.clone_from(&self.histograms);
+            self.histograms_changed = false;
         }
     }
 

@@ -1,0 +1,421 @@
+//! The gRPC service over one engine, and the replica's lifecycle state
+//! (loading, ready, draining, failed).
+
+use super::convert::{finish, logprobs, sampling_params, status};
+use super::defaults::GenerationDefaults;
+use super::prompt::{prompt_ids, PromptInput};
+use crate::chat_template::ChatTemplate;
+use crate::engine::{Engine, EngineConfig, EngineEvent, EngineRequest, RequestStream};
+use crate::error::{invalid, Result};
+use crate::output::FinishReason;
+use crate::tokenizer::Tokenizer;
+use futures::{Stream, StreamExt};
+use llm_serve_models::{Model, ModelFiles};
+use llm_serve_proto as pb;
+use pb::generate_event::Event;
+use pb::health_response::State as HealthState;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tonic::{Request, Response, Status};
+
+/// A loaded model and what requests need around it.
+pub struct LoadedModel {
+    pub engine: Engine,
+    pub template: Option<ChatTemplate>,
+    pub defaults: GenerationDefaults,
+}
+
+impl LoadedModel {
+    /// Resolves `source`, loads weights and tokenizer, starts the engine.
+    pub fn load(source: &str, cfg: EngineConfig) -> Result<Self> {
+        let files = ModelFiles::resolve(source)?;
+        let model = Arc::new(Model::load(&files, cfg.max_model_len)?);
+        let tokenizer = Arc::new(Tokenizer::load(&files, model.gguf_metadata())?);
+        let template = match tokenizer.chat_template() {
+            Some(src) => Some(ChatTemplate::new(
+                src,
+                tokenizer.bos_token(),
+                tokenizer.eos_token(),
+            )?),
+            None => None,
+        };
+        let defaults = match &files.generation_config {
+            Some(p) => GenerationDefaults::from_file(p)?,
+            None => GenerationDefaults::default(),
+        };
+        let engine = Engine::start(model, tokenizer, cfg)?;
+        Ok(LoadedModel {
+            engine,
+            template,
+            defaults,
+        })
+    }
+}
+
+enum Phase {
+    Loading,
+    Ready(Arc<LoadedModel>),
+    Failed(String),
+}
+
+/// A replica's state, shared by the service and the process around it.
+pub struct ReplicaState {
+    model_source: String,
+    phase: RwLock<Phase>,
+    draining: AtomicBool,
+    ongoing: Arc<AtomicU32>,
+    user_config: Mutex<Option<serde_json::Value>>,
+}
+
+impl ReplicaState {
+    pub fn new(model_source: &str) -> Arc<Self> {
+        Arc::new(ReplicaState {
+            model_source: model_source.to_string(),
+            phase: RwLock::new(Phase::Loading),
+            draining: AtomicBool::new(false),
+            ongoing: Arc::new(AtomicU32::new(0)),
+            user_config: Mutex::new(None),
+        })
+    }
+
+    /// Records the outcome of loading the model.
+    pub fn set_loaded(&self, loaded: Result<LoadedModel>) {
+        let phase = match loaded {
+            Ok(m) => Phase::Ready(Arc::new(m)),
+            Err(e) => Phase::Failed(e.to_string()),
+        };
+        *self.phase.write().unwrap_or_else(|p| p.into_inner()) = phase;
+    }
+
+    /// Stops taking new requests.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Requests accepted and not yet finished.
+    pub fn ongoing(&self) -> u32 {
+        self.ongoing.load(Ordering::SeqCst)
+    }
+
+    /// The load error, once loading has failed.
+    pub fn failure(&self) -> Option<String> {
+        match &*self.phase.read().unwrap_or_else(|p| p.into_inner()) {
+            Phase::Failed(m) => Some(m.clone()),
+            _ => None,
+        }
+    }
+
+    /// The model, if loaded.
+    pub fn loaded(&self) -> Option<Arc<LoadedModel>> {
+        match &*self.phase.read().unwrap_or_else(|p| p.into_inner()) {
+            Phase::Ready(m) => Some(m.clone()),
+            _ => None,
+        }
+    }
+
+    fn ready(&self) -> std::result::Result<Arc<LoadedModel>, Status> {
+        match &*self.phase.read().unwrap_or_else(|p| p.into_inner()) {
+            Phase::Loading => Err(Status::unavailable("the model is still loading")),
+            Phase::Failed(m) => Err(Status::unavailable(format!(
+                "the model failed to load: {m}"
+            ))),
+            Phase::Ready(m) => Ok(m.clone()),
+        }
+    }
+
+    fn accepting(&self) -> std::result::Result<Arc<LoadedModel>, Status> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("the replica is draining"));
+        }
+        self.ready()
+    }
+}
+
+/// Counts a request as ongoing for as long as it lives.
+struct OngoingGuard(Arc<AtomicU32>);
+
+impl OngoingGuard {
+    fn new(counter: &Arc<AtomicU32>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        OngoingGuard(counter.clone())
+    }
+}
+
+impl Drop for OngoingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The replica protocol over one engine.
+#[derive(Clone)]
+pub struct ReplicaService {
+    state: Arc<ReplicaState>,
+}
+
+impl ReplicaService {
+    pub fn new(state: Arc<ReplicaState>) -> Self {
+        ReplicaService { state }
+    }
+
+    pub fn into_server(self) -> pb::replica_server::ReplicaServer<Self> {
+        pb::replica_server::ReplicaServer::new(self)
+    }
+}
+
+type EventStream =
+    Pin<Box<dyn Stream<Item = std::result::Result<pb::GenerateEvent, Status>> + Send>>;
+
+/// What the event stream carries between engine events.
+struct Pending {
+    events: RequestStream,
+    tokenizer: Arc<Tokenizer>,
+    _ongoing: OngoingGuard,
+}
+
+fn event(e: Event) -> pb::GenerateEvent {
+    pb::GenerateEvent { event: Some(e) }
+}
+
+/// One engine event as a protocol event; `true` when it is the last.
+fn convert(e: EngineEvent, tokenizer: &Tokenizer) -> (pb::GenerateEvent, bool) {
+    match e {
+        EngineEvent::Token(d) => {
+            let (logprob, top_logprobs) = match &d.logprobs {
+                Some(s) => logprobs(tokenizer, s),
+                None => (None, Vec::new()),
+            };
+            let finish = d.finish.as_ref().map(finish);
+            (
+                event(Event::Token(pb::TokenEvent {
+                    index: d.index as u32,
+                    token_id: d.token,
+                    text: d.text,
+                    logprob,
+                    top_logprobs,
+                    finish,
+                })),
+                false,
+            )
+        }
+        EngineEvent::SampleFinished {
+            index,
+            reason,
+            text,
+        } => (
+            event(Event::SampleFinished(pb::SampleFinished {
+                index: index as u32,
+                finish: Some(finish(&reason)),
+                text,
+            })),
+            false,
+        ),
+        EngineEvent::Finished { usage, .. } => (
+            event(Event::Finished(pb::Finished {
+                prompt_tokens: usage.prompt_tokens as u32,
+                completion_tokens: usage.completion_tokens as u32,
+                cached_prompt_tokens: usage.cached_prompt_tokens as u32,
+            })),
+            true,
+        ),
+        EngineEvent::Error(m) => (event(Event::Error(m)), true),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::replica_server::Replica for ReplicaService {
+    type GenerateStream = EventStream;
+
+    async fn generate(
+        &self,
+        request: Request<pb::GenerateRequest>,
+    ) -> std::result::Result<Response<EventStream>, Status> {
+        let loaded = self.state.accepting()?;
+        let r = request.into_inner();
+        let tokenizer = loaded.engine.tokenizer().clone();
+        let input = PromptInput::of_generate(r.input.as_ref()).map_err(status)?;
+        let ids = prompt_ids(&input, &tokenizer, loaded.template.as_ref()).map_err(status)?;
+        let params = sampling_params(&r.sampling.unwrap_or_default(), &loaded.defaults);
+        let prompt_text = if r.echo_prompt {
+            tokenizer.decode(&ids, false).map_err(status)?
+        } else {
+            String::new()
+        };
+        let prompt_tokens = ids.len() as u32;
+        let events = loaded
+            .engine
+            .submit(EngineRequest {
+                prompt: ids,
+                params,
+                priority: r.priority,
+                adapter: (!r.adapter_id.is_empty()).then_some(r.adapter_id),
+            })
+            .map_err(status)?;
+        tracing::debug!(request_id = %r.request_id, prompt_tokens, "request accepted");
+        let started = event(Event::Started(pb::Started {
+            prompt_tokens,
+            prompt_text,
+        }));
+        let pending = Pending {
+            events,
+            tokenizer,
+            _ongoing: OngoingGuard::new(&self.state.ongoing),
+        };
+        // Dropping this stream (the client went away) drops the engine's
+        // RequestStream, which aborts the request.
+        let rest = futures::stream::unfold(Some(pending), |pending| async move {
+            let mut p = pending?;
+            let e = p.events.next().await?;
+            let (e, last) = convert(e, &p.tokenizer);
+            Some((Ok(e), (!last).then_some(p)))
+        });
+        Ok(Response::new(Box::pin(
+            futures::stream::once(async move { Ok(started) }).chain(rest),
+        )))
+    }
+
+    async fn tokenize(
+        &self,
+        request: Request<pb::TokenizeRequest>,
+    ) -> std::result::Result<Response<pb::TokenizeResponse>, Status> {
+        let loaded = self.state.ready()?;
+        let r = request.into_inner();
+        let tokenizer = loaded.engine.tokenizer();
+        let input = PromptInput::of_tokenize(r.input.as_ref()).map_err(status)?;
+        let ids = prompt_ids(&input, tokenizer, loaded.template.as_ref()).map_err(status)?;
+        let token_strs = ids.iter().map(|&id| tokenizer.token_text(id)).collect();
+        Ok(Response::new(pb::TokenizeResponse {
+            ids,
+            token_strs,
+            max_model_len: loaded.engine.info().max_model_len as u32,
+        }))
+    }
+
+    async fn detokenize(
+        &self,
+        request: Request<pb::DetokenizeRequest>,
+    ) -> std::result::Result<Response<pb::DetokenizeResponse>, Status> {
+        let loaded = self.state.ready()?;
+        let ids = request.into_inner().ids;
+        let vocab = loaded.engine.info().vocab_size;
+        if let Some(&t) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(status(invalid(
+                "tokens",
+                format!("token id {t} is out of vocabulary (the vocabulary has {vocab} tokens)"),
+            )));
+        }
+        let text = loaded
+            .engine
+            .tokenizer()
+            .decode(&ids, false)
+            .map_err(status)?;
+        Ok(Response::new(pb::DetokenizeResponse { text }))
+    }
+
+    async fn health(
+        &self,
+        _request: Request<pb::HealthRequest>,
+    ) -> std::result::Result<Response<pb::HealthResponse>, Status> {
+        let (state, message) = match &*self.state.phase.read().unwrap_or_else(|p| p.into_inner()) {
+            Phase::Loading => (HealthState::Loading, String::new()),
+            Phase::Failed(m) => (HealthState::Failed, m.clone()),
+            Phase::Ready(_) if self.state.draining.load(Ordering::SeqCst) => {
+                (HealthState::Draining, String::new())
+            }
+            Phase::Ready(_) => (HealthState::Ready, String::new()),
+        };
+        Ok(Response::new(pb::HealthResponse {
+            state: state as i32,
+            message,
+        }))
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<pb::StatsRequest>,
+    ) -> std::result::Result<Response<pb::StatsResponse>, Status> {
+        let loaded = self.state.ready()?;
+        let s = loaded.engine.stats();
+        let h = loaded.engine.histograms();
+        let histograms = h
+            .named()
+            .into_iter()
+            .map(|(name, h)| pb::Histogram {
+                name: name.to_string(),
+                bounds: h.bounds.clone(),
+                counts: h.counts.clone(),
+                sum: h.sum,
+            })
+            .collect();
+        let request_success = [
+            (FinishReason::Eos(0).as_openai(), s.finished_stop),
+            (FinishReason::Length.as_openai(), s.finished_length),
+            (FinishReason::Abort.as_openai(), s.finished_abort),
+            ("error", s.finished_error),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Ok(Response::new(pb::StatsResponse {
+            ongoing_requests: self.state.ongoing(),
+            num_requests_running: s.running as u32,
+            num_requests_waiting: s.waiting as u32,
+            kv_blocks_used: s.kv_blocks_used as u64,
+            kv_blocks_total: s.kv_blocks_total as u64,
+            prefix_cache_queries: s.prefix_cache_queries,
+            prefix_cache_hits: s.prefix_cache_hits,
+            num_preemptions: s.preemptions,
+            prompt_tokens: s.prompt_tokens,
+            generation_tokens: s.generation_tokens,
+            request_success,
+            histograms,
+            loaded_adapters: Vec::new(),
+        }))
+    }
+
+    async fn reconfigure(
+        &self,
+        request: Request<pb::ReconfigureRequest>,
+    ) -> std::result::Result<Response<pb::ReconfigureResponse>, Status> {
+        let text = request.into_inner().user_config_json;
+        let value = if text.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_str(&text).map_err(|e| {
+                pb::invalid_argument("user_config", format!("user_config is not valid JSON: {e}"))
+            })?)
+        };
+        *self
+            .state
+            .user_config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = value;
+        Ok(Response::new(pb::ReconfigureResponse {}))
+    }
+
+    async fn drain(
+        &self,
+        _request: Request<pb::DrainRequest>,
+    ) -> std::result::Result<Response<pb::DrainResponse>, Status> {
+        self.state.start_draining();
+        Ok(Response::new(pb::DrainResponse {
+            ongoing_requests: self.state.ongoing(),
+        }))
+    }
+
+    async fn info(
+        &self,
+        _request: Request<pb::InfoRequest>,
+    ) -> std::result::Result<Response<pb::InfoResponse>, Status> {
+        let loaded = self.state.ready()?;
+        let i = loaded.engine.info();
+        Ok(Response::new(pb::InfoResponse {
+            max_model_len: i.max_model_len as u32,
+            vocab_size: i.vocab_size as u32,
+            num_kv_blocks: i.num_blocks as u32,
+            block_size: i.block_size as u32,
+            model_source: self.state.model_source.clone(),
+        }))
+    }
+}

@@ -1,0 +1,220 @@
+//! The HTTP application: routes, shared state, and the middleware every
+//! request goes through (request ids, API key, body limit, metrics).
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::openai;
+use crate::replicas::Models;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The request-id header, honoured when the client sends one.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// How the router is set up.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    /// Clients must send `Authorization: Bearer <key>` (not for /health
+    /// and /metrics).
+    pub api_key: Option<String>,
+    /// Request bodies above this many bytes get a 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            api_key: None,
+            max_body_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// State shared by every request.
+pub struct App {
+    pub models: Models,
+    pub config: RouterConfig,
+    pub metrics: Metrics,
+}
+
+impl App {
+    pub fn new(config: RouterConfig) -> Result<Arc<Self>, crate::error::RouterError> {
+        Ok(Arc::new(App {
+            models: Models::default(),
+            config,
+            metrics: Metrics::new()?,
+        }))
+    }
+}
+
+/// Per-request facts the handlers need.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    pub request_id: String,
+}
+
+/// A JSON object body read within the size limit (413 above it, 400 when
+/// it is not a JSON object).
+pub struct Body(pub Value);
+
+impl FromRequest<Arc<App>> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, ApiError> {
+        let limit = app.config.max_body_bytes;
+        let bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|e| {
+                if is_length_limit(&e) {
+                    ApiError::payload_too_large(limit)
+                } else {
+                    ApiError::bad_request(format!("Cannot read the request body: {e}"), None)
+                }
+            })?;
+        Ok(Body(crate::openai::parse_object(&bytes)?))
+    }
+}
+
+/// Whether reading a body failed on the size limit.
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The router's HTTP application over `app`.
+pub fn router(app: Arc<App>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/chat/completions", post(openai::chat::chat_completions))
+        .route("/v1/completions", post(openai::completions::completions))
+        .route("/v1/models", get(openai::models::list))
+        .route("/v1/models/{*model}", get(openai::models::retrieve))
+        .route("/tokenize", post(openai::tokenize::tokenize))
+        .route("/detokenize", post(openai::tokenize::detokenize))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/version", get(version))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), authorize))
+        .layer(middleware::from_fn_with_state(app.clone(), observe))
+        .with_state(app)
+}
+
+/// Request ids, access logs and HTTP metrics around every request.
+async fn observe(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 256)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let handler = handler_label(&path);
+    req.extensions_mut().insert(RequestContext {
+        request_id: request_id.clone(),
+    });
+    let mut response = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    let status = response.status();
+    app.metrics
+        .observe_http(handler, method.as_str(), status.as_u16(), started.elapsed());
+    tracing::info!(
+        request_id = %request_id,
+        method = %method,
+        route = %path,
+        status = status.as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1e3,
+        "access"
+    );
+    response
+}
+
+/// The route a path belongs to, for metric labels (bounded cardinality).
+fn handler_label(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/completions" => "/v1/completions",
+        "/v1/models" => "/v1/models",
+        p if p.starts_with("/v1/models/") => "/v1/models/{model}",
+        "/tokenize" => "/tokenize",
+        "/detokenize" => "/detokenize",
+        "/health" => "/health",
+        "/metrics" => "/metrics",
+        "/version" => "/version",
+        _ => "other",
+    }
+}
+
+/// The API key check; /health and /metrics stay open.
+async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &app.config.api_key {
+        let open = matches!(req.uri().path(), "/health" | "/metrics");
+        let given = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !open && given != Some(key.as_str()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// 200 when every model has a ready replica, else 503.
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let models = app.models.all();
+    let not_ready: Vec<String> = models
+        .iter()
+        .filter(|d| !d.is_ready())
+        .map(|d| d.model_id.clone())
+        .collect();
+    if models.is_empty() || !not_ready.is_empty() {
+        let body = json!({"status": "unavailable", "models_not_ready": not_ready});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    StatusCode::OK.into_response()
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({"version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    match app.metrics.render(&app.models).await {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "No route for {} {}.",
+        req.method(),
+        req.uri().path()
+    ))
+}

@@ -1,0 +1,151 @@
+//! Errors as clients see them: OpenAI's JSON shape
+//! `{"error": {"message", "type", "param", "code"}}` with the HTTP status
+//! in `code`, and the router's own setup errors.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use llm_serve_proto::status_param;
+use serde_json::json;
+
+/// An error answered to an API client.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// OpenAI's error `type` (`BadRequestError`, `NotFoundError`, ...).
+    pub kind: &'static str,
+    pub param: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+        }
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    /// 400: the request is wrong; `param` names the field.
+    pub fn bad_request(message: impl Into<String>, param: Option<&str>) -> Self {
+        ApiError {
+            param: param.map(str::to_owned),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "BadRequestError", message)
+        }
+    }
+
+    /// 404 for a model this server does not serve (vLLM's wording).
+    pub fn model_not_found(model: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFoundError",
+            format!("The model `{model}` does not exist."),
+        )
+        .with_param("model")
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "NotFoundError", message)
+    }
+
+    pub fn unauthorized() -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "AuthenticationError",
+            "Incorrect API key provided. Send it as `Authorization: Bearer <key>`.",
+        )
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLargeError",
+            format!("The request body is larger than the limit of {limit} bytes."),
+        )
+    }
+
+    /// 503: no replica can take the request now.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailableError",
+            message,
+        )
+    }
+
+    /// 500 with a generic message; the detail goes to the log only.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!("internal error: {detail}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            "Internal server error",
+        )
+    }
+
+    /// The client-facing error for a replica's gRPC status.
+    pub fn from_status(s: &tonic::Status) -> Self {
+        use tonic::Code;
+        match s.code() {
+            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => ApiError {
+                param: status_param(s),
+                ..ApiError::new(StatusCode::BAD_REQUEST, "BadRequestError", s.message())
+            },
+            Code::NotFound => ApiError::new(StatusCode::NOT_FOUND, "NotFoundError", s.message()),
+            Code::Unavailable | Code::ResourceExhausted => {
+                ApiError::unavailable(format!("No replica can take the request: {}", s.message()))
+            }
+            Code::DeadlineExceeded => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "TimeoutError",
+                "Request server side timeout",
+            ),
+            Code::Unimplemented => ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "NotImplementedError",
+                s.message(),
+            ),
+            _ => ApiError::internal(format!("replica error {:?}: {}", s.code(), s.message())),
+        }
+    }
+
+    /// The `{"error": {...}}` body.
+    pub fn body(&self) -> serde_json::Value {
+        json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.status.as_u16(),
+            }
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body())).into_response()
+    }
+}
+
+/// Errors setting the router up (not request errors).
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+    #[error("replica address {addr}: {detail}")]
+    ReplicaAddress { addr: String, detail: String },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}

@@ -1,0 +1,14 @@
+//! The router: the OpenAI-compatible HTTP API in front of engine replicas,
+//! which it reaches only through the replica protocol. It parses and
+//! validates requests, picks a replica of the requested model, and turns
+//! the replica's events into OpenAI responses and server-sent events.
+
+pub mod app;
+pub mod error;
+pub mod metrics;
+pub mod openai;
+pub mod replicas;
+
+pub use app::{router, App, RouterConfig};
+pub use error::{ApiError, RouterError};
+pub use replicas::{Deployment, Models, Replica, ReplicaState};

@@ -1,0 +1,267 @@
+//! `POST /v1/completions`.
+
+use super::generation::{self, merged};
+use super::request::{fields, require, CommonFields, CompletionFields, Prompt};
+use super::response::{collect, finish_reason, stop_reason, unix_now, usage, CompletionLogprobs};
+use super::sse::{sse_response, SseEvents};
+use crate::app::{App, Body, RequestContext};
+use crate::error::ApiError;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures::StreamExt;
+use llm_serve_proto as pb;
+use pb::generate_event::Event;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Completions' default `max_tokens` (OpenAI's and vLLM's).
+const DEFAULT_MAX_TOKENS: u32 = 16;
+
+pub async fn completions(
+    State(app): State<Arc<App>>,
+    Extension(ctx): Extension<RequestContext>,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    require(&body, "prompt")?;
+    let common: CommonFields = fields(&body)?;
+    let comp: CompletionFields = fields(&body)?;
+    common.check()?;
+    comp.check()?;
+    let prompts = comp.prompts()?;
+    let deployment = app.models.resolve(common.model.as_deref())?;
+    let sampling = common.sampling(
+        Some(common.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
+        comp.logprobs,
+    )?;
+    let n = sampling.n.max(1);
+    let echo = comp.echo.unwrap_or(false);
+    let add_special_tokens = comp.add_special_tokens.unwrap_or(true);
+    let starts = prompts.iter().enumerate().map(|(i, p)| {
+        let input = match p {
+            Prompt::Text(t) => pb::generate_request::Input::Text(pb::TextPrompt {
+                text: t.clone(),
+                add_special_tokens,
+            }),
+            Prompt::Tokens(ids) => {
+                pb::generate_request::Input::Tokens(pb::TokenPrompt { ids: ids.clone() })
+            }
+        };
+        let request = pb::GenerateRequest {
+            request_id: if prompts.len() == 1 {
+                ctx.request_id.clone()
+            } else {
+                format!("{}-{i}", ctx.request_id)
+            },
+            adapter_id: String::new(),
+            input: Some(input),
+            sampling: Some(sampling.clone()),
+            priority: common.priority.unwrap_or(0),
+            echo_prompt: echo && matches!(p, Prompt::Tokens(_)),
+        };
+        let deployment = deployment.clone();
+        async move { generation::start(&deployment, request).await }
+    });
+    // Every prompt is validated (and started) before anything is answered.
+    let gens = futures::future::try_join_all(starts).await?;
+    let echoes: Vec<String> = prompts
+        .iter()
+        .zip(&gens)
+        .map(|(p, g)| match p {
+            Prompt::Text(t) => t.clone(),
+            Prompt::Tokens(_) => g.prompt_text.clone(),
+        })
+        .collect();
+    let prompt_tokens: u32 = gens.iter().map(|g| g.prompt_tokens).sum();
+    let meta = Meta {
+        id: format!("cmpl-{}", ctx.request_id),
+        created: unix_now(),
+        model: deployment.model_id.clone(),
+    };
+    // The text each choice starts with (its prompt, with echo).
+    let prefixes: BTreeMap<u32, String> = (0..prompts.len() as u32 * n)
+        .map(|c| {
+            let p = if echo {
+                echoes[(c / n) as usize].clone()
+            } else {
+                String::new()
+            };
+            (c, p)
+        })
+        .collect();
+    let events = merged(gens, n);
+    if common.stream() {
+        let chunks = CompletionChunks {
+            meta,
+            include_usage: common.include_usage(),
+            continuous_usage: common.continuous_usage(),
+            prompt_tokens,
+            completion_tokens: 0,
+            offsets: prefixes
+                .iter()
+                .map(|(&c, p)| (c, p.chars().count()))
+                .collect(),
+            pending_echo: prefixes
+                .into_iter()
+                .filter(|(_, p)| !p.is_empty())
+                .collect(),
+            finished: Default::default(),
+        };
+        Ok(sse_response(chunks.stream(events)))
+    } else {
+        let collected = collect(events).await?;
+        let choices: Vec<Value> = collected
+            .choices
+            .iter()
+            .map(|(&index, c)| {
+                let prefix = prefixes.get(&index).cloned().unwrap_or_default();
+                let logprobs = if c.logprobs.is_empty() {
+                    Value::Null
+                } else {
+                    let mut lp = CompletionLogprobs::default();
+                    let mut offset = prefix.chars().count();
+                    for (chosen, top) in &c.logprobs {
+                        lp.push(chosen, top, offset);
+                        offset += chosen.token.chars().count();
+                    }
+                    lp.to_json()
+                };
+                json!({
+                    "index": index,
+                    "text": prefix + &c.text,
+                    "logprobs": logprobs,
+                    "finish_reason": finish_reason(c.finish.as_ref()),
+                    "stop_reason": stop_reason(c.finish.as_ref()),
+                })
+            })
+            .collect();
+        let u = &collected.usage;
+        Ok(Json(json!({
+            "id": meta.id,
+            "object": "text_completion",
+            "created": meta.created,
+            "model": meta.model,
+            "choices": choices,
+            "usage": usage(u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens),
+        }))
+        .into_response())
+    }
+}
+
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+/// Turns events into `text_completion` chunks.
+struct CompletionChunks {
+    meta: Meta,
+    include_usage: bool,
+    continuous_usage: bool,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    /// Character offset of each choice's next token (for logprobs).
+    offsets: BTreeMap<u32, usize>,
+    /// Echoed prompts not yet sent, by choice.
+    pending_echo: BTreeMap<u32, String>,
+    finished: std::collections::BTreeSet<u32>,
+}
+
+impl CompletionChunks {
+    fn chunk(
+        &self,
+        index: u32,
+        text: String,
+        logprobs: Value,
+        finish: Option<&pb::Finish>,
+    ) -> Value {
+        let mut c = json!({
+            "id": self.meta.id,
+            "object": "text_completion",
+            "created": self.meta.created,
+            "model": self.meta.model,
+            "choices": [{
+                "index": index,
+                "text": text,
+                "logprobs": logprobs,
+                "finish_reason": finish_reason(finish),
+                "stop_reason": stop_reason(finish),
+            }],
+        });
+        if self.continuous_usage {
+            c["usage"] = usage(self.prompt_tokens, self.completion_tokens, 0);
+        } else if self.include_usage {
+            c["usage"] = Value::Null;
+        }
+        c
+    }
+
+    fn on_event(&mut self, e: Event) -> Vec<Value> {
+        match e {
+            Event::Token(t) => {
+                self.completion_tokens += 1;
+                let echo = self.pending_echo.remove(&t.index).unwrap_or_default();
+                let logprobs = match &t.logprob {
+                    Some(lp) => {
+                        let offset = self.offsets.entry(t.index).or_default();
+                        let mut l = CompletionLogprobs::default();
+                        l.push(lp, &t.top_logprobs, *offset);
+                        *offset += lp.token.chars().count();
+                        l.to_json()
+                    }
+                    None => Value::Null,
+                };
+                if t.text.is_empty() && echo.is_empty() && logprobs.is_null() && t.finish.is_none()
+                {
+                    return Vec::new();
+                }
+                if t.finish.is_some() {
+                    self.finished.insert(t.index);
+                }
+                vec![self.chunk(t.index, echo + &t.text, logprobs, t.finish.as_ref())]
+            }
+            Event::SampleFinished(s) => {
+                if !self.finished.insert(s.index) {
+                    return Vec::new();
+                }
+                let echo = self.pending_echo.remove(&s.index).unwrap_or_default();
+                vec![self.chunk(s.index, echo, Value::Null, s.finish.as_ref())]
+            }
+            Event::Finished(f) => {
+                if !self.include_usage {
+                    return Vec::new();
+                }
+                let mut c = json!({
+                    "id": self.meta.id,
+                    "object": "text_completion",
+                    "created": self.meta.created,
+                    "model": self.meta.model,
+                    "choices": [],
+                });
+                c["usage"] = usage(f.prompt_tokens, f.completion_tokens, f.cached_prompt_tokens);
+                vec![c]
+            }
+            Event::Started(_) | Event::Error(_) => Vec::new(),
+        }
+    }
+
+    fn stream(
+        mut self,
+        events: futures::stream::BoxStream<'static, Result<Event, ApiError>>,
+    ) -> SseEvents {
+        events
+            .flat_map(move |e| {
+                let out: Vec<Result<Value, ApiError>> = match e {
+                    Ok(Event::Error(m)) => {
+                        vec![Err(ApiError::internal(format!("generation failed: {m}")))]
+                    }
+                    Ok(e) => self.on_event(e).into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                futures::stream::iter(out)
+            })
+            .boxed()
+    }
+}

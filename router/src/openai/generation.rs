@@ -1,0 +1,137 @@
+//! Starting a request on a replica and reading its events back: replica
+//! choice (with a retry on another replica when one cannot take it), the
+//! first `Started` event before anything is answered, then the rest as a
+//! stream whose drop cancels the request on the replica.
+
+use crate::error::ApiError;
+use crate::replicas::{Deployment, InFlight};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use llm_serve_proto as pb;
+use pb::generate_event::Event;
+use tonic::Code;
+
+/// A request running on a replica.
+pub struct Generation {
+    pub prompt_tokens: u32,
+    pub prompt_text: String,
+    /// Events after `Started`; ends after `Finished` or an error.
+    pub events: BoxStream<'static, Result<Event, ApiError>>,
+}
+
+/// Statuses after which another replica may well succeed.
+fn retryable(s: &tonic::Status) -> bool {
+    matches!(s.code(), Code::Unavailable)
+}
+
+/// Runs `request` on a replica of `deployment`.
+pub async fn start(
+    deployment: &Deployment,
+    request: pb::GenerateRequest,
+) -> Result<Generation, ApiError> {
+    let mut tried = Vec::new();
+    loop {
+        let inflight = deployment.pick(&tried)?;
+        let mut client = inflight.replica.client();
+        let mut stream = match client.generate(request.clone()).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if retryable(&s) => {
+                tracing::warn!(
+                    replica = %inflight.replica.id,
+                    request_id = %request.request_id,
+                    "replica cannot take the request ({}); trying another",
+                    s.message()
+                );
+                tried.push(inflight.replica.id.clone());
+                continue;
+            }
+            Err(s) => return Err(ApiError::from_status(&s)),
+        };
+        let started = match stream.message().await {
+            Ok(Some(pb::GenerateEvent {
+                event: Some(Event::Started(s)),
+            })) => s,
+            Ok(_) => {
+                return Err(ApiError::internal(
+                    "the replica's stream did not start with `started`",
+                ))
+            }
+            Err(s) => return Err(ApiError::from_status(&s)),
+        };
+        return Ok(Generation {
+            prompt_tokens: started.prompt_tokens,
+            prompt_text: started.prompt_text,
+            events: events(stream, inflight),
+        });
+    }
+}
+
+fn events(
+    stream: tonic::Streaming<pb::GenerateEvent>,
+    inflight: InFlight,
+) -> BoxStream<'static, Result<Event, ApiError>> {
+    futures::stream::unfold(Some((stream, inflight)), |state| async move {
+        let (mut stream, inflight) = state?;
+        match stream.message().await {
+            Ok(Some(pb::GenerateEvent { event: Some(e) })) => {
+                let last = matches!(e, Event::Finished(_) | Event::Error(_));
+                Some((Ok(e), (!last).then_some((stream, inflight))))
+            }
+            Ok(Some(pb::GenerateEvent { event: None })) => Some((
+                Err(ApiError::internal("the replica sent an empty event")),
+                None,
+            )),
+            Ok(None) => Some((
+                Err(ApiError::internal(
+                    "the replica's stream ended before the request finished",
+                )),
+                None,
+            )),
+            Err(s) => Some((Err(ApiError::from_status(&s)), None)),
+        }
+    })
+    .boxed()
+}
+
+/// Several generations as one stream, with each event's sample index
+/// offset by `n` per generation (choice `i * n + index`, as vLLM numbers
+/// the choices of a multi-prompt request). The usage of all of them comes
+/// as one `Finished` at the end.
+pub fn merged(gens: Vec<Generation>, n: u32) -> BoxStream<'static, Result<Event, ApiError>> {
+    let count = gens.len();
+    let streams = gens.into_iter().enumerate().map(move |(i, g)| {
+        let offset = i as u32 * n;
+        g.events.map(move |e| e.map(|e| offset_event(e, offset)))
+    });
+    let mut remaining = count;
+    let mut total = pb::Finished::default();
+    futures::stream::select_all(streams)
+        .filter_map(move |e| {
+            let out = match e {
+                Ok(Event::Finished(f)) => {
+                    total.prompt_tokens += f.prompt_tokens;
+                    total.completion_tokens += f.completion_tokens;
+                    total.cached_prompt_tokens += f.cached_prompt_tokens;
+                    remaining -= 1;
+                    (remaining == 0).then_some(Ok(Event::Finished(total)))
+                }
+                other => Some(other),
+            };
+            futures::future::ready(out)
+        })
+        .boxed()
+}
+
+fn offset_event(e: Event, offset: u32) -> Event {
+    match e {
+        Event::Token(mut t) => {
+            t.index += offset;
+            Event::Token(t)
+        }
+        Event::SampleFinished(mut s) => {
+            s.index += offset;
+            Event::SampleFinished(s)
+        }
+        other => other,
+    }
+}

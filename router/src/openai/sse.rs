@@ -1,0 +1,35 @@
+//! Server-sent events as OpenAI streams them: `data: {json}\n\n` per
+//! chunk, an error after the first byte as one `data: {"error": ...}`
+//! event, and `data: [DONE]\n\n` at the end.
+
+use crate::error::ApiError;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use serde_json::Value;
+use std::convert::Infallible;
+
+/// Chunks to send; the stream stops after an error.
+pub type SseEvents = BoxStream<'static, Result<Value, ApiError>>;
+
+pub fn sse_response(chunks: SseEvents) -> Response {
+    let mut failed = false;
+    let body = chunks
+        .take_while(move |c| {
+            let go = !failed;
+            failed |= c.is_err();
+            futures::future::ready(go)
+        })
+        .map(|c| {
+            let data = match c {
+                Ok(v) => v.to_string(),
+                Err(e) => e.body().to_string(),
+            };
+            Ok::<_, Infallible>(Event::default().data(data))
+        })
+        .chain(futures::stream::once(async {
+            Ok(Event::default().data("[DONE]"))
+        }));
+    Sse::new(body).into_response()
+}

@@ -1,0 +1,132 @@
+//! `llm-serve replica`: one engine served over the replica protocol.
+//!
+//! The process binds its port first and reports it on stdout, then loads
+//! the model while already answering `Health` (LOADING). Its stdout carries
+//! one JSON line per lifecycle event for the parent (see
+//! `replica_process`); logs go to stderr. SIGTERM drains: new requests are
+//! refused, in-flight ones run to the end (within the timeout), then it
+//! exits. It also exits when its parent dies, so no replica outlives the
+//! process that started it.
+
+use crate::cli::ReplicaArgs;
+use crate::replica_process::ReplicaEvent;
+use anyhow::{Context, Result};
+use llm_serve_engine::replica::{LoadedModel, ReplicaService, ReplicaState};
+use llm_serve_engine::EngineConfig;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub fn run(args: ReplicaArgs) -> Result<()> {
+    exit_with_parent();
+    let threads = llm_serve_kernels::threads::init(args.engine.threads.unwrap_or(0));
+    let kwargs = crate::engine_kwargs::engine_kwargs(&args.engine)?;
+    let cfg = EngineConfig::from_kwargs(&kwargs)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args, cfg, threads))
+}
+
+async fn serve(args: ReplicaArgs, cfg: EngineConfig, threads: usize) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("cannot bind {}:{}", args.host, args.port))?;
+    let port = listener.local_addr()?.port();
+    let state = ReplicaState::new(&args.model);
+    let service = ReplicaService::new(state.clone()).into_server();
+    ReplicaEvent::Listening { port }.emit();
+    tracing::info!(replica = %args.replica_id, port, threads, "replica listening; loading {}", args.model);
+    let load_state = state.clone();
+    let model = args.model.clone();
+    let replica_id = args.replica_id.clone();
+    std::thread::Builder::new()
+        .name("llm-serve-load".into())
+        .spawn(move || {
+            let started = Instant::now();
+            let loaded = LoadedModel::load(&model, cfg);
+            match &loaded {
+                Ok(m) => {
+                    let info = m.engine.info();
+                    tracing::info!(
+                        replica = %replica_id,
+                        max_model_len = info.max_model_len,
+                        kv_blocks = info.num_blocks,
+                        "model loaded in {:.2}s",
+                        started.elapsed().as_secs_f64()
+                    );
+                    ReplicaEvent::Ready.emit();
+                }
+                Err(e) => {
+                    tracing::error!(replica = %replica_id, "cannot load {model}: {e}");
+                    ReplicaEvent::Failed {
+                        message: e.to_string(),
+                    }
+                    .emit();
+                }
+            }
+            load_state.set_loaded(loaded);
+        })
+        .context("cannot start the loading thread")?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let drain_state = state.clone();
+    let timeout = Duration::from_secs_f64(args.graceful_shutdown_timeout_s.max(0.0));
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, async move {
+            crate::signals::shutdown_requested().await;
+            drain(&drain_state, timeout).await;
+        })
+        .await
+        .context("the replica server failed")?;
+    if let Some(message) = state.failure() {
+        anyhow::bail!("the model failed to load: {message}");
+    }
+    Ok(())
+}
+
+/// Refuses new requests and waits for in-flight ones (up to `timeout`).
+async fn drain(state: &Arc<ReplicaState>, timeout: Duration) {
+    state.start_draining();
+    let deadline = Instant::now() + timeout;
+    let mut last = u32::MAX;
+    loop {
+        let ongoing = state.ongoing();
+        if ongoing == 0 {
+            tracing::info!("drained; stopping");
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!("{ongoing} requests still running after {timeout:?}; stopping anyway");
+            return;
+        }
+        if ongoing != last {
+            tracing::info!("draining: {ongoing} requests in flight");
+            last = ongoing;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asks the kernel to send SIGTERM when the parent exits (Linux).
+fn exit_with_parent() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and
+        // touches no memory of ours.
+        let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+        if r != 0 {
+            tracing::warn!("cannot ask to be stopped with the parent process");
+        }
+        // The parent may have died before the call took effect.
+        let expected = std::env::var(crate::replica_process::PARENT_PID_ENV)
+            .ok()
+            .and_then(|v| v.parse::<i32>().ok());
+        // SAFETY: getppid has no preconditions.
+        let parent = unsafe { libc::getppid() };
+        if expected.is_some_and(|p| p != parent) {
+            std::process::exit(1);
+        }
+    }
+}
