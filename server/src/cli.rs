@@ -21,6 +21,12 @@ pub enum Command {
     /// Serve one model over the OpenAI-compatible API: the router in this
     /// process, the engine in a replica child process.
     Serve(ServeArgs),
+    /// Write a deploy config (Ray Serve's multi-application YAML) serving
+    /// these models, with every default spelled out.
+    Build(BuildArgs),
+    /// Check a deploy config without deploying it: every problem is named
+    /// by its field path.
+    Check(CheckArgs),
     /// Host one engine replica over the replica protocol (started by
     /// `serve` and the controller, not by hand).
     Replica(ReplicaArgs),
@@ -32,6 +38,29 @@ pub enum Command {
     /// Measure the serving engine's aggregate generation throughput with
     /// many concurrent requests (continuous batching), in process.
     BenchEngine(BenchEngineArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Models to serve: a source (GGUF file, Hugging Face directory, hub
+    /// id, or `default`), or `ID=SOURCE` to name the model clients send.
+    #[arg(required = true)]
+    pub models: Vec<String>,
+    /// The application's name.
+    #[arg(long, default_value = "app1")]
+    pub name: String,
+    /// The application's route prefix.
+    #[arg(long, default_value = "/")]
+    pub route_prefix: String,
+    /// Where to write the YAML (default: standard output).
+    #[arg(short = 'o', long)]
+    pub output_path: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// A deploy config file (YAML or JSON).
+    pub config: std::path::PathBuf,
 }
 
 #[derive(Args, Debug)]

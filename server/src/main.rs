@@ -2,7 +2,9 @@
 
 mod bench;
 mod bench_engine;
+mod build_config;
 mod cli;
+mod config;
 mod engine_kwargs;
 mod generate;
 mod replica;
@@ -17,6 +19,8 @@ fn main() -> std::process::ExitCode {
     init_logging(cli.log_level.as_deref());
     let result = match cli.command {
         cli::Command::Serve(args) => serve::run(args),
+        cli::Command::Build(args) => build_config::build(args),
+        cli::Command::Check(args) => build_config::check(args),
         cli::Command::Replica(args) => replica::run(args),
         cli::Command::Generate(args) => generate::run(args),
         cli::Command::Bench(args) => bench::run(args),

@@ -1,0 +1,361 @@
+//! The application builder `llm_serve:build_openai_app`: turns an
+//! application entry's `args.llm_configs` into deployments — one
+//! `LLMRouter` (the OpenAI ingress, which runs inside the proxy) and one
+//! `LLMServer:<model_id>` per model (engine replicas) — with each
+//! deployment's settings resolved by Serve's precedence.
+
+use super::llm::{LlmConfig, ENGINE_NAMES};
+use super::resolve::{self, DeploymentConfig};
+use super::schema::{ApplicationSchema, DeploymentOptions, NumReplicas};
+use super::{from_value_at, ConfigError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::path::Path;
+
+/// The import paths that name this builder (Ray's own is accepted so a
+/// Ray Serve LLM config loads unchanged).
+pub const BUILDER_IMPORT_PATHS: [&str; 2] = [
+    "llm_serve:build_openai_app",
+    "ray.serve.llm:build_openai_app",
+];
+/// The ingress deployment's name.
+pub const ROUTER_DEPLOYMENT: &str = "LLMRouter";
+/// Prefix of the engine deployments' names.
+pub const SERVER_PREFIX: &str = "LLMServer:";
+
+/// What an engine replica runs: the part of a deployment whose change
+/// means new replicas (a code update, in Serve's words).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub model_id: String,
+    pub model_source: String,
+    pub tokenizer_source: Option<String>,
+    pub engine_kwargs: Map<String, Value>,
+    pub accelerator_type: Option<String>,
+    pub max_num_adapters_per_replica: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DeploymentKind {
+    /// The OpenAI ingress, hosted by the proxy.
+    Router { models: Vec<String> },
+    /// Engine replicas serving one model.
+    LlmServer(ModelSpec),
+}
+
+/// One deployment of a built application.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentPlan {
+    pub config: DeploymentConfig,
+    pub kind: DeploymentKind,
+    /// The application's import path and runtime env, part of the code.
+    pub app_code: String,
+}
+
+impl DeploymentPlan {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Everything whose change restarts replicas, as one comparable string
+    /// (the controller's test for a code update against a lightweight one).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn code_version(&self) -> String {
+        let code = serde_json::json!({
+            "kind": self.kind,
+            "app": self.app_code,
+            "ray_actor_options": self.config.ray_actor_options,
+            "placement_group_bundles": self.config.placement_group_bundles,
+            "placement_group_strategy": self.config.placement_group_strategy,
+        });
+        code.to_string()
+    }
+
+    pub fn model(&self) -> Option<&ModelSpec> {
+        match &self.kind {
+            DeploymentKind::LlmServer(m) => Some(m),
+            DeploymentKind::Router { .. } => None,
+        }
+    }
+}
+
+/// A built application.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppPlan {
+    pub name: String,
+    pub route_prefix: Option<String>,
+    pub ingress: String,
+    pub deployments: Vec<DeploymentPlan>,
+}
+
+/// `model_id` as a deployment name: Ray LLM's mangling (`/` → `--`,
+/// `.` → `_`).
+pub fn mangle(model_id: &str) -> String {
+    model_id.replace('/', "--").replace('.', "_")
+}
+
+/// Builds application `index` of the config. `base_dir` resolves
+/// relative `llm_configs` file paths.
+pub fn build_app(
+    app: &ApplicationSchema,
+    index: usize,
+    base_dir: Option<&Path>,
+) -> Result<AppPlan, ConfigError> {
+    let path = format!("applications[{index}]");
+    if !BUILDER_IMPORT_PATHS.contains(&app.import_path.as_str()) {
+        return Err(ConfigError::at(
+            format!("{path}.import_path"),
+            format!(
+                "expected \"llm_serve:build_openai_app\" (the only application builder), got \"{}\"",
+                app.import_path
+            ),
+        ));
+    }
+    let configs = llm_configs(&app.args, &format!("{path}.args"), base_dir)?;
+    let app_code =
+        serde_json::json!({"import_path": app.import_path, "runtime_env": app.runtime_env})
+            .to_string();
+    let mut built = Vec::new();
+    let mut models = Vec::new();
+    for (i, c) in configs.iter().enumerate() {
+        let cpath = format!("{path}.args.llm_configs[{i}]");
+        let spec = model_spec(c, &cpath)?;
+        if models.contains(&spec.model_id) {
+            return Err(ConfigError::at(
+                format!("{cpath}.model_loading_config.model_id"),
+                format!(
+                    "duplicate model id \"{}\": model ids must be unique within an application",
+                    spec.model_id
+                ),
+            ));
+        }
+        resolve::validate(&c.deployment_config, &format!("{cpath}.deployment_config"))?;
+        let name = format!(
+            "{SERVER_PREFIX}{}",
+            c.deployment_config
+                .name
+                .clone()
+                .unwrap_or_else(|| mangle(&spec.model_id))
+        );
+        models.push(spec.model_id.clone());
+        let code = c.deployment_config.clone();
+        built.push((
+            name,
+            llm_server_defaults(),
+            code,
+            DeploymentKind::LlmServer(spec),
+        ));
+    }
+    let router_code = DeploymentOptions::default();
+    built.insert(
+        0,
+        (
+            ROUTER_DEPLOYMENT.to_string(),
+            router_defaults(),
+            router_code,
+            DeploymentKind::Router { models },
+        ),
+    );
+    for (j, o) in app.deployments.iter().enumerate() {
+        let dpath = format!("{path}.deployments[{j}]");
+        let Some(name) = &o.name else {
+            return Err(ConfigError::at(
+                format!("{dpath}.name"),
+                "expected the name of a deployment of the application",
+            ));
+        };
+        if !built.iter().any(|b| &b.0 == name) {
+            let names: Vec<&str> = built.iter().map(|b| b.0.as_str()).collect();
+            return Err(ConfigError::at(
+                format!("{dpath}.name"),
+                format!(
+                    "application \"{}\" has no deployment \"{name}\"; its deployments are {}",
+                    app.name,
+                    names.join(", ")
+                ),
+            ));
+        }
+        if app.deployments[..j]
+            .iter()
+            .any(|p| p.name.as_ref() == Some(name))
+        {
+            return Err(ConfigError::at(
+                format!("{dpath}.name"),
+                format!("deployment \"{name}\" is listed twice"),
+            ));
+        }
+        resolve::validate(o, &dpath)?;
+    }
+    let deployments = built
+        .into_iter()
+        .map(|(name, defaults, code, kind)| {
+            let over = app
+                .deployments
+                .iter()
+                .find(|o| o.name.as_ref() == Some(&name));
+            let mut layers: Vec<&DeploymentOptions> = vec![&defaults, &code];
+            if let Some(o) = over {
+                layers.push(o);
+            }
+            let mut merged = resolve::merge(&layers);
+            if merged.logging_config.is_none() {
+                merged.logging_config = app.logging_config.clone();
+            }
+            let mut config = resolve::resolve(&name, &merged);
+            if let DeploymentKind::LlmServer(spec) = &kind {
+                if config.ray_actor_options.accelerator_type.is_none() {
+                    config.ray_actor_options.accelerator_type = spec.accelerator_type.clone();
+                }
+            }
+            DeploymentPlan {
+                config,
+                kind,
+                app_code: app_code.clone(),
+            }
+        })
+        .collect();
+    Ok(AppPlan {
+        name: app.name.clone(),
+        route_prefix: app.route_prefix.clone(),
+        ingress: ROUTER_DEPLOYMENT.to_string(),
+        deployments,
+    })
+}
+
+/// Ray Serve LLM's defaults for engine deployments: the engine queues,
+/// so replicas take every request the router sends.
+fn llm_server_defaults() -> DeploymentOptions {
+    DeploymentOptions {
+        max_ongoing_requests: Some(1_000_000_000),
+        health_check_period_s: Some(10.0),
+        health_check_timeout_s: Some(10.0),
+        ..Default::default()
+    }
+}
+
+fn router_defaults() -> DeploymentOptions {
+    DeploymentOptions {
+        num_replicas: Some(NumReplicas::Count(1)),
+        max_ongoing_requests: Some(1_000_000_000),
+        ..Default::default()
+    }
+}
+
+/// `args.llm_configs`: inline objects or paths of YAML files holding one.
+fn llm_configs(
+    args: &Map<String, Value>,
+    path: &str,
+    base_dir: Option<&Path>,
+) -> Result<Vec<LlmConfig>, ConfigError> {
+    for key in args.keys() {
+        if key != "llm_configs" {
+            return Err(ConfigError::at(
+                format!("{path}.{key}"),
+                "unknown argument of build_openai_app (expected llm_configs)",
+            ));
+        }
+    }
+    let list = match args.get("llm_configs") {
+        Some(Value::Array(list)) if !list.is_empty() => list,
+        Some(Value::Array(_)) => {
+            return Err(ConfigError::at(
+                format!("{path}.llm_configs"),
+                "expected at least one LLM config",
+            ));
+        }
+        Some(_) => {
+            return Err(ConfigError::at(
+                format!("{path}.llm_configs"),
+                "expected a list of LLM configs (objects or YAML file paths)",
+            ))
+        }
+        None => {
+            return Err(ConfigError::at(
+                format!("{path}.llm_configs"),
+                "missing field (a list of LLM configs)",
+            ))
+        }
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let p = format!("{path}.llm_configs[{i}]");
+            match v {
+                Value::String(file) => {
+                    let value = super::read_file_value(file, base_dir)
+                        .map_err(|m| ConfigError::at(p.clone(), m))?;
+                    from_value_at(value, &p)
+                }
+                other => from_value_at(other.clone(), &p),
+            }
+        })
+        .collect()
+}
+
+fn model_spec(c: &LlmConfig, path: &str) -> Result<ModelSpec, ConfigError> {
+    let m = &c.model_loading_config;
+    if m.model_id.trim().is_empty() {
+        return Err(ConfigError::at(
+            format!("{path}.model_loading_config.model_id"),
+            "expected a non-empty model id",
+        ));
+    }
+    let model_source = match &m.model_source {
+        None | Some(Value::Null) => m.model_id.clone(),
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::Object(_)) => return Err(ConfigError::at(
+            format!("{path}.model_loading_config.model_source"),
+            "cloud mirrors (bucket_uri) are not supported: give a local path or a Hugging Face id",
+        )),
+        Some(_) => {
+            return Err(ConfigError::at(
+                format!("{path}.model_loading_config.model_source"),
+                "expected a local path or a Hugging Face id",
+            ))
+        }
+    };
+    if let Some(engine) = &c.llm_engine {
+        if !ENGINE_NAMES.iter().any(|n| n.eq_ignore_ascii_case(engine)) {
+            return Err(ConfigError::at(
+                format!("{path}.llm_engine"),
+                format!("unsupported engine \"{engine}\" (this server has one engine; leave llm_engine out)"),
+            ));
+        }
+    }
+    if c.placement_group_config.is_some() {
+        return Err(ConfigError::at(
+            format!("{path}.placement_group_config"),
+            "placement groups are not supported: a replica is one process; use deployment_config.ray_actor_options",
+        ));
+    }
+    for forbidden in ["model", "served_model_name"] {
+        if c.engine_kwargs.contains_key(forbidden) {
+            return Err(ConfigError::at(
+                format!("{path}.engine_kwargs.{forbidden}"),
+                "set the model through model_loading_config, not engine_kwargs",
+            ));
+        }
+    }
+    llm_serve_engine::EngineConfig::from_kwargs(&Value::Object(c.engine_kwargs.clone()))
+        .map_err(|e| ConfigError::at(format!("{path}.engine_kwargs"), e.to_string()))?;
+    if let Some(l) = &c.lora_config {
+        if l.max_num_adapters_per_replica == 0 {
+            return Err(ConfigError::at(
+                format!("{path}.lora_config.max_num_adapters_per_replica"),
+                "expected a positive integer",
+            ));
+        }
+    }
+    Ok(ModelSpec {
+        model_id: m.model_id.clone(),
+        model_source,
+        tokenizer_source: m.tokenizer_source.clone(),
+        engine_kwargs: c.engine_kwargs.clone(),
+        accelerator_type: c.accelerator_type.clone(),
+        max_num_adapters_per_replica: c
+            .lora_config
+            .as_ref()
+            .map(|l| l.max_num_adapters_per_replica),
+    })
+}

@@ -1,0 +1,208 @@
+//! The deploy config: Ray Serve's `ServeDeploySchema` in YAML or JSON,
+//! checked whole before anything changes (every error names the field's
+//! path and what was expected), and built into applications of
+//! deployments by `llm_serve:build_openai_app`.
+
+pub mod build;
+pub mod llm;
+pub mod resolve;
+pub mod schema;
+
+pub use build::AppPlan;
+#[cfg(test)]
+pub use resolve::DeploymentConfig;
+pub use schema::ServeDeploySchema;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// A config that cannot be taken: where, and what was expected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// The field, e.g. `applications[0].args.llm_configs[1].engine_kwargs`.
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn at(path: impl Into<String>, message: impl Into<String>) -> Self {
+        let path = path.into();
+        ConfigError {
+            path: if path.is_empty() {
+                "(config)".into()
+            } else {
+                path
+            },
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads `value` as a `T`; an error names the field's path under `base`.
+pub fn from_value_at<T: DeserializeOwned>(value: Value, base: &str) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let path = match (base.is_empty(), inner.as_str()) {
+            (_, ".") => base.to_string(),
+            (true, p) => p.to_string(),
+            (false, p) if p.starts_with('[') => format!("{base}{p}"),
+            (false, p) => format!("{base}.{p}"),
+        };
+        ConfigError::at(path, e.into_inner().to_string())
+    })
+}
+
+/// Parses config text (YAML, of which JSON is a subset) into a value.
+pub fn parse_text(text: &str) -> Result<Value, ConfigError> {
+    let value: Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| ConfigError::at("(config)", format!("not valid YAML or JSON: {e}")))?;
+    Ok(value)
+}
+
+/// Reads a YAML or JSON file named in a config; a relative path is taken
+/// from `base_dir` when given.
+pub fn read_file_value(file: &str, base_dir: Option<&Path>) -> Result<Value, String> {
+    let path = resolve_path(file, base_dir);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_yaml_ng::from_str(&text)
+        .map_err(|e| format!("{} is not valid YAML or JSON: {e}", path.display()))
+}
+
+fn resolve_path(file: &str, base_dir: Option<&Path>) -> PathBuf {
+    let p = PathBuf::from(file);
+    match base_dir {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p,
+    }
+}
+
+/// A checked config and what it builds.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    pub config: ServeDeploySchema,
+    pub apps: Vec<AppPlan>,
+}
+
+/// Checks a whole config and builds every application.
+pub fn check(value: Value, base_dir: Option<&Path>) -> Result<Checked, ConfigError> {
+    if !value.is_object() {
+        return Err(ConfigError::at(
+            "(config)",
+            "expected a mapping with `applications` (Ray Serve's multi-application config)",
+        ));
+    }
+    let config: ServeDeploySchema = from_value_at(value, "")?;
+    check_global(&config)?;
+    let mut names = BTreeSet::new();
+    let mut prefixes = BTreeSet::new();
+    let mut apps = Vec::new();
+    for (i, app) in config.applications.iter().enumerate() {
+        let path = format!("applications[{i}]");
+        if app.name.trim().is_empty() {
+            return Err(ConfigError::at(
+                format!("{path}.name"),
+                "expected a non-empty application name",
+            ));
+        }
+        if !names.insert(app.name.clone()) {
+            return Err(ConfigError::at(
+                format!("{path}.name"),
+                format!("duplicate application name \"{}\"", app.name),
+            ));
+        }
+        if let Some(prefix) = &app.route_prefix {
+            check_route_prefix(prefix, &format!("{path}.route_prefix"))?;
+            if !prefixes.insert(prefix.clone()) {
+                return Err(ConfigError::at(
+                    format!("{path}.route_prefix"),
+                    format!("duplicate route prefix \"{prefix}\": each application needs its own"),
+                ));
+            }
+        }
+        apps.push(build::build_app(app, i, base_dir)?);
+    }
+    Ok(Checked { config, apps })
+}
+
+/// Replaces `llm_configs` entries that are file paths by the files'
+/// contents, so a config sent elsewhere (the admin API) does not depend on
+/// the sender's working directory.
+pub fn inline_llm_config_files(
+    value: &mut Value,
+    base_dir: Option<&Path>,
+) -> Result<(), ConfigError> {
+    let Some(apps) = value.get_mut("applications").and_then(Value::as_array_mut) else {
+        return Ok(());
+    };
+    for (i, app) in apps.iter_mut().enumerate() {
+        let Some(list) = app
+            .pointer_mut("/args/llm_configs")
+            .and_then(Value::as_array_mut)
+        else {
+            continue;
+        };
+        for (j, entry) in list.iter_mut().enumerate() {
+            if let Value::String(file) = entry {
+                let v = read_file_value(file, base_dir).map_err(|m| {
+                    ConfigError::at(format!("applications[{i}].args.llm_configs[{j}]"), m)
+                })?;
+                *entry = v;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_global(c: &ServeDeploySchema) -> Result<(), ConfigError> {
+    if let Some(t) = c.http_options.request_timeout_s {
+        if !t.is_finite() || t <= 0.0 {
+            return Err(ConfigError::at(
+                "http_options.request_timeout_s",
+                format!("expected a positive number of seconds, got {t}"),
+            ));
+        }
+    }
+    let k = c.http_options.keep_alive_timeout_s;
+    if !k.is_finite() || k < 0.0 {
+        return Err(ConfigError::at(
+            "http_options.keep_alive_timeout_s",
+            format!("expected a number of seconds >= 0, got {k}"),
+        ));
+    }
+    if !c.grpc_options.grpc_servicer_functions.is_empty() {
+        return Err(ConfigError::at(
+            "grpc_options.grpc_servicer_functions",
+            "a gRPC proxy is not supported yet: leave grpc_servicer_functions empty (the OpenAI API is HTTP)",
+        ));
+    }
+    Ok(())
+}
+
+/// Ray Serve's rules for a route prefix: starts with `/`, no trailing `/`
+/// (except `/` itself), no `{` or `}`.
+fn check_route_prefix(prefix: &str, path: &str) -> Result<(), ConfigError> {
+    let problem = if !prefix.starts_with('/') {
+        Some("must start with \"/\"")
+    } else if prefix.len() > 1 && prefix.ends_with('/') {
+        Some("must not end with \"/\" (unless it is \"/\")")
+    } else if prefix.contains('{') || prefix.contains('}') {
+        Some("must not contain \"{\" or \"}\"")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(ConfigError::at(
+            path,
+            format!("route prefix \"{prefix}\" {p}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
