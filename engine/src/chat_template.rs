@@ -43,6 +43,15 @@ pub struct ChatTemplate {
 const NAME: &str = "chat_template";
 
 impl ChatTemplate {
+    /// The template the tokenizer ships, with its BOS and EOS tokens;
+    /// `None` when it has none.
+    pub fn of_tokenizer(tokenizer: &crate::tokenizer::Tokenizer) -> Result<Option<Self>> {
+        tokenizer
+            .chat_template()
+            .map(|src| ChatTemplate::new(src, tokenizer.bos_token(), tokenizer.eos_token()))
+            .transpose()
+    }
+
     pub fn new(source: &str, bos_token: Option<&str>, eos_token: Option<&str>) -> Result<Self> {
         // transformers' AssistantTracker tags carry no output.
         let cleaned = source

@@ -137,13 +137,6 @@ impl IntoResponse for ApiError {
 /// Errors setting the router up (not request errors).
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
-    #[error("cannot bind {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("server error: {0}")]
-    Serve(std::io::Error),
     #[error("replica address {addr}: {detail}")]
     ReplicaAddress { addr: String, detail: String },
     #[error("metrics: {0}")]

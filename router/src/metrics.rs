@@ -183,13 +183,7 @@ fn engine_families(snaps: &[Snapshot]) -> Vec<MetricFamily> {
             "kv_cache_usage_perc",
             "KV-cache usage. 1 means 100 percent usage.",
             GAUGE,
-            |s| {
-                if s.kv_blocks_total == 0 {
-                    0.0
-                } else {
-                    s.kv_blocks_used as f64 / s.kv_blocks_total as f64
-                }
-            },
+            |s| s.kv_cache_usage,
         ),
         scalar_family(
             snaps,
@@ -251,17 +245,11 @@ fn engine_families(snaps: &[Snapshot]) -> Vec<MetricFamily> {
         success,
     ));
     // Histograms, in the order the first replica lists them.
-    let names: Vec<String> = snaps[0]
-        .2
-        .histograms
-        .iter()
-        .map(|h| h.name.clone())
-        .collect();
-    for name in names {
+    for first in &snaps[0].2.histograms {
         let metrics = snaps
             .iter()
             .filter_map(|(model, engine, s)| {
-                let h = s.histograms.iter().find(|h| h.name == name)?;
+                let h = s.histograms.iter().find(|h| h.name == first.name)?;
                 let mut m = Metric::default();
                 m.set_label(labels(&[("model_name", model), ("engine", engine)]));
                 m.set_histogram(histogram(h));
@@ -269,8 +257,8 @@ fn engine_families(snaps: &[Snapshot]) -> Vec<MetricFamily> {
             })
             .collect();
         out.push(family(
-            &name,
-            &histogram_help(&name),
+            &first.name,
+            &first.help,
             MetricType::HISTOGRAM,
             metrics,
         ));
@@ -293,26 +281,4 @@ fn histogram(h: &pb::Histogram) -> Histogram {
     out.set_sample_count(h.counts.iter().sum());
     out.set_sample_sum(h.sum);
     out
-}
-
-fn histogram_help(name: &str) -> String {
-    match name {
-        "time_to_first_token_seconds" => "Histogram of time to first token in seconds.",
-        "inter_token_latency_seconds" => "Histogram of inter-token latency in seconds.",
-        "request_time_per_output_token_seconds" => {
-            "Histogram of time_per_output_token_seconds per request."
-        }
-        "e2e_request_latency_seconds" => "Histogram of e2e request latency in seconds.",
-        "request_queue_time_seconds" => "Histogram of time spent in WAITING phase for request.",
-        "request_inference_time_seconds" => "Histogram of time spent in RUNNING phase for request.",
-        "request_prefill_time_seconds" => "Histogram of time spent in PREFILL phase for request.",
-        "request_decode_time_seconds" => "Histogram of time spent in DECODE phase for request.",
-        "request_prompt_tokens" => "Number of prefill tokens processed.",
-        "request_generation_tokens" => "Number of generation tokens processed.",
-        "request_params_n" => "Histogram of the n request parameter.",
-        "request_params_max_tokens" => "Histogram of the max_tokens request parameter.",
-        "iteration_tokens_total" => "Histogram of number of tokens per engine_step.",
-        other => other,
-    }
-    .to_string()
 }

@@ -38,7 +38,6 @@ impl ReplicaState {
 /// One engine replica.
 pub struct Replica {
     pub id: String,
-    pub address: String,
     client: ReplicaClient<Channel>,
     state: AtomicU8,
     ongoing: AtomicU32,
@@ -55,7 +54,6 @@ impl Replica {
         })?;
         Ok(Arc::new(Replica {
             id: id.to_string(),
-            address: address.to_string(),
             client: ReplicaClient::new(endpoint.tcp_nodelay(true).connect_lazy()),
             state: AtomicU8::new(ReplicaState::Starting as u8),
             ongoing: AtomicU32::new(0),
@@ -167,8 +165,8 @@ impl Deployment {
             0 => None,
             1 => Some(ready[0].clone()),
             n => {
-                let a = fastrand_index(n);
-                let mut b = fastrand_index(n - 1);
+                let a = rand::random_range(0..n);
+                let mut b = rand::random_range(0..n - 1);
                 if b >= a {
                     b += 1;
                 }
@@ -200,28 +198,6 @@ impl Deployment {
     }
 }
 
-/// A random index below `n` (n > 0), from a per-thread xorshift seeded by
-/// the clock: replica choice needs spread, not quality.
-fn fastrand_index(n: usize) -> usize {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0x9E37_79B9_7F4A_7C15, |d| d.as_nanos() as u64)
-                | 1,
-        );
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        (x % n as u64) as usize
-    })
-}
-
 /// Every served model, by the name clients use.
 #[derive(Default)]
 pub struct Models {
@@ -234,13 +210,6 @@ impl Models {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(d.model_id.clone(), d);
-    }
-
-    pub fn remove(&self, model_id: &str) {
-        self.by_name
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(model_id);
     }
 
     pub fn get(&self, model_id: &str) -> Option<Arc<Deployment>> {

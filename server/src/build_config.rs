@@ -53,9 +53,7 @@ pub fn check(args: CheckArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("cannot read {}", args.config.display()))?;
     let base_dir = args.config.parent().filter(|p| !p.as_os_str().is_empty());
-    let mut value = config::parse_text(&text)?;
-    config::inline_llm_config_files(&mut value, base_dir)?;
-    let checked = config::check(value, base_dir)
+    let checked = config::check(config::parse_text(&text)?, base_dir)
         .with_context(|| format!("{} is not a valid deploy config", args.config.display()))?;
     let http = &checked.config.http_options;
     println!(

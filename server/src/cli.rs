@@ -181,42 +181,54 @@ pub struct GenerateArgs {
 
 /// Engine settings as vLLM names its flags; they become the replica's
 /// `engine_kwargs`.
-#[derive(Args, Debug, Clone, Default)]
+/// Serialized, the flags given are the `engine_kwargs` keys they set.
+#[derive(Args, Debug, Clone, Default, serde::Serialize)]
 pub struct EngineFlags {
     /// Context length (default: the model's).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_model_len: Option<usize>,
     /// Most sequences running at once.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_num_seqs: Option<usize>,
     /// Token budget of one engine step.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_num_batched_tokens: Option<usize>,
     /// Tokens per KV-cache block.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub block_size: Option<usize>,
     /// Bytes for the KV cache (default: a fraction of available memory).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kv_cache_memory_bytes: Option<usize>,
     /// Fraction of available memory for the KV cache when no byte count is
     /// given.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kv_cache_memory_fraction: Option<f64>,
     /// Automatic prefix caching (true or false).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub enable_prefix_caching: Option<bool>,
     /// Chunked prefill (true or false).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub enable_chunked_prefill: Option<bool>,
     /// fcfs or priority.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduling_policy: Option<String>,
     /// More engine settings as a JSON object (Ray Serve LLM's
     /// `engine_kwargs`); the flags above override its keys.
     #[arg(long)]
+    #[serde(skip)]
     pub engine_kwargs: Option<String>,
     /// Compute threads of the replica (default: all cores).
     #[arg(long)]
+    #[serde(skip)]
     pub threads: Option<usize>,
 }
 

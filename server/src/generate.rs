@@ -26,10 +26,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let prompt = match (&args.prompt, &args.chat) {
         (Some(p), _) => tokenizer.encode(p, true)?,
         (None, Some(user)) => {
-            let source = tokenizer
-                .chat_template()
+            let template = ChatTemplate::of_tokenizer(&tokenizer)?
                 .context("the model has no chat template; use --prompt")?;
-            let template = ChatTemplate::new(source, tokenizer.bos_token(), tokenizer.eos_token())?;
             let mut messages = Vec::new();
             if let Some(system) = &args.system {
                 messages.push(serde_json::json!({"role": "system", "content": system}));

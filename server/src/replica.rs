@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 pub fn run(args: ReplicaArgs) -> Result<()> {
     exit_with_parent();
     let threads = llm_serve_kernels::threads::init(args.engine.threads.unwrap_or(0));
-    let kwargs = crate::engine_kwargs::engine_kwargs(&args.engine)?;
-    let cfg = EngineConfig::from_kwargs(&kwargs)?;
+    let cfg = crate::engine_kwargs::engine_config(&args.engine)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -24,7 +24,7 @@ const HEALTH_FAILURES: u32 = 3;
 const REPLICA_ID: &str = "replica-0";
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    let kwargs = crate::engine_kwargs::engine_kwargs(&args.engine)?;
+    let kwargs = serde_json::to_value(crate::engine_kwargs::engine_config(&args.engine)?)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -54,6 +54,14 @@ impl Histogram {
     pub fn count(&self) -> u64 {
         self.counts.iter().sum()
     }
+
+    /// Takes `other`'s values into this histogram's buffers (the engine
+    /// publishes after every step; no allocation there).
+    fn copy_from(&mut self, other: &Histogram) {
+        self.bounds.clone_from(&other.bounds);
+        self.counts.clone_from(&other.counts);
+        self.sum = other.sum;
+    }
 }
 
 /// 1, 2, 5, 10, 20, 50, ... up to `max` (vLLM's `build_1_2_5_buckets`).
@@ -110,47 +118,98 @@ impl EngineHistograms {
         }
     }
 
-    /// Each histogram with its metric name (vLLM's, without a prefix).
-    pub fn named(&self) -> [(&'static str, &Histogram); 13] {
+    /// Each histogram with its metric name (vLLM's, without a prefix)
+    /// and vLLM's help text.
+    pub fn named(&self) -> [(&'static str, &'static str, &Histogram); 13] {
         [
             (
                 "time_to_first_token_seconds",
+                "Histogram of time to first token in seconds.",
                 &self.time_to_first_token_seconds,
             ),
             (
                 "inter_token_latency_seconds",
+                "Histogram of inter-token latency in seconds.",
                 &self.inter_token_latency_seconds,
             ),
             (
                 "request_time_per_output_token_seconds",
+                "Histogram of time_per_output_token_seconds per request.",
                 &self.request_time_per_output_token_seconds,
             ),
             (
                 "e2e_request_latency_seconds",
+                "Histogram of e2e request latency in seconds.",
                 &self.e2e_request_latency_seconds,
             ),
             (
                 "request_queue_time_seconds",
+                "Histogram of time spent in WAITING phase for request.",
                 &self.request_queue_time_seconds,
             ),
             (
                 "request_inference_time_seconds",
+                "Histogram of time spent in RUNNING phase for request.",
                 &self.request_inference_time_seconds,
             ),
             (
                 "request_prefill_time_seconds",
+                "Histogram of time spent in PREFILL phase for request.",
                 &self.request_prefill_time_seconds,
             ),
             (
                 "request_decode_time_seconds",
+                "Histogram of time spent in DECODE phase for request.",
                 &self.request_decode_time_seconds,
             ),
-            ("request_prompt_tokens", &self.request_prompt_tokens),
-            ("request_generation_tokens", &self.request_generation_tokens),
-            ("request_params_n", &self.request_params_n),
-            ("request_params_max_tokens", &self.request_params_max_tokens),
-            ("iteration_tokens_total", &self.iteration_tokens_total),
+            (
+                "request_prompt_tokens",
+                "Number of prefill tokens processed.",
+                &self.request_prompt_tokens,
+            ),
+            (
+                "request_generation_tokens",
+                "Number of generation tokens processed.",
+                &self.request_generation_tokens,
+            ),
+            (
+                "request_params_n",
+                "Histogram of the n request parameter.",
+                &self.request_params_n,
+            ),
+            (
+                "request_params_max_tokens",
+                "Histogram of the max_tokens request parameter.",
+                &self.request_params_max_tokens,
+            ),
+            (
+                "iteration_tokens_total",
+                "Histogram of number of tokens per engine_step.",
+                &self.iteration_tokens_total,
+            ),
         ]
+    }
+
+    /// Takes `other`'s values without allocating.
+    pub(crate) fn copy_from(&mut self, other: &EngineHistograms) {
+        let mine = [
+            &mut self.time_to_first_token_seconds,
+            &mut self.inter_token_latency_seconds,
+            &mut self.request_time_per_output_token_seconds,
+            &mut self.e2e_request_latency_seconds,
+            &mut self.request_queue_time_seconds,
+            &mut self.request_inference_time_seconds,
+            &mut self.request_prefill_time_seconds,
+            &mut self.request_decode_time_seconds,
+            &mut self.request_prompt_tokens,
+            &mut self.request_generation_tokens,
+            &mut self.request_params_n,
+            &mut self.request_params_max_tokens,
+            &mut self.iteration_tokens_total,
+        ];
+        for (h, (_, _, o)) in mine.into_iter().zip(other.named()) {
+            h.copy_from(o);
+        }
     }
 
     /// A finished request's phases (vLLM's definitions: queue = arrival to

@@ -53,8 +53,6 @@ pub(crate) struct Worker {
     next_seq: SeqId,
     stats: EngineStats,
     histograms: EngineHistograms,
-    /// Whether `histograms` changed since they were last published.
-    histograms_changed: bool,
     shared_stats: Arc<Mutex<Published>>,
     eos: Vec<u32>,
 }
@@ -93,7 +91,6 @@ impl Worker {
                 ..EngineStats::default()
             },
             histograms: EngineHistograms::new(info.max_model_len),
-            histograms_changed: false,
             shared_stats,
             eos,
         }
@@ -237,7 +234,6 @@ impl Worker {
         self.histograms
             .iteration_tokens_total
             .observe(step_tokens as f64);
-        self.histograms_changed = true;
     }
 
     /// One forward pass over the plan; logits of the sequences that sample,
@@ -394,7 +390,6 @@ impl Worker {
             r.samples.len(),
             r.params.max_tokens,
         );
-        self.histograms_changed = true;
         r.send(EngineEvent::Finished {
             usage,
             times: r.times,
@@ -427,10 +422,7 @@ impl Worker {
             Err(poisoned) => poisoned.into_inner(),
         };
         shared.stats = self.stats;
-        if self.histograms_changed {
-            shared.histograms.clone_from(&self.histograms);
-            self.histograms_changed = false;
-        }
+        shared.histograms.copy_from(&self.histograms);
     }
 
     fn shutdown(mut self) {

@@ -32,14 +32,7 @@ impl LoadedModel {
         let files = ModelFiles::resolve(source)?;
         let model = Arc::new(Model::load(&files, cfg.max_model_len)?);
         let tokenizer = Arc::new(Tokenizer::load(&files, model.gguf_metadata())?);
-        let template = match tokenizer.chat_template() {
-            Some(src) => Some(ChatTemplate::new(
-                src,
-                tokenizer.bos_token(),
-                tokenizer.eos_token(),
-            )?),
-            None => None,
-        };
+        let template = ChatTemplate::of_tokenizer(&tokenizer)?;
         let defaults = match &files.generation_config {
             Some(p) => GenerationDefaults::from_file(p)?,
             None => GenerationDefaults::default(),
@@ -341,8 +334,9 @@ impl pb::replica_server::Replica for ReplicaService {
         let histograms = h
             .named()
             .into_iter()
-            .map(|(name, h)| pb::Histogram {
+            .map(|(name, help, h)| pb::Histogram {
                 name: name.to_string(),
+                help: help.to_string(),
                 bounds: h.bounds.clone(),
                 counts: h.counts.clone(),
                 sum: h.sum,
@@ -363,6 +357,7 @@ impl pb::replica_server::Replica for ReplicaService {
             num_requests_waiting: s.waiting as u32,
             kv_blocks_used: s.kv_blocks_used as u64,
             kv_blocks_total: s.kv_blocks_total as u64,
+            kv_cache_usage: s.kv_cache_usage(),
             prefix_cache_queries: s.prefix_cache_queries,
             prefix_cache_hits: s.prefix_cache_hits,
             num_preemptions: s.preemptions,

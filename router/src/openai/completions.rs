@@ -2,18 +2,20 @@
 
 use super::generation::{self, merged};
 use super::request::{fields, require, CommonFields, CompletionFields, Prompt};
-use super::response::{collect, finish_reason, stop_reason, unix_now, usage, CompletionLogprobs};
-use super::sse::{sse_response, SseEvents};
+use super::response::{
+    collect, finish_reason, stop_reason, usage, CompletionLogprobs, Meta, StreamUsage,
+};
+use super::sse::{chunks, sse_response, SseEvents};
 use crate::app::{App, Body, RequestContext};
 use crate::error::ApiError;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use futures::StreamExt;
+use futures::stream::BoxStream;
 use llm_serve_proto as pb;
 use pb::generate_event::Event;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// Completions' default `max_tokens` (OpenAI's and vLLM's).
@@ -74,11 +76,7 @@ pub async fn completions(
         })
         .collect();
     let prompt_tokens: u32 = gens.iter().map(|g| g.prompt_tokens).sum();
-    let meta = Meta {
-        id: format!("cmpl-{}", ctx.request_id),
-        created: unix_now(),
-        model: deployment.model_id.clone(),
-    };
+    let meta = Meta::new("cmpl", &ctx.request_id, &deployment.model_id);
     // The text each choice starts with (its prompt, with echo).
     let prefixes: BTreeMap<u32, String> = (0..prompts.len() as u32 * n)
         .map(|c| {
@@ -94,10 +92,12 @@ pub async fn completions(
     if common.stream() {
         let chunks = CompletionChunks {
             meta,
-            include_usage: common.include_usage(),
-            continuous_usage: common.continuous_usage(),
-            prompt_tokens,
-            completion_tokens: 0,
+            usage: StreamUsage {
+                include: common.include_usage(),
+                continuous: common.continuous_usage(),
+                prompt_tokens,
+                completion_tokens: 0,
+            },
             offsets: prefixes
                 .iter()
                 .map(|(&c, p)| (c, p.chars().count()))
@@ -137,36 +137,24 @@ pub async fn completions(
             })
             .collect();
         let u = &collected.usage;
-        Ok(Json(json!({
-            "id": meta.id,
-            "object": "text_completion",
-            "created": meta.created,
-            "model": meta.model,
-            "choices": choices,
-            "usage": usage(u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens),
-        }))
-        .into_response())
+        let mut body = meta.object(OBJECT, choices);
+        body["usage"] = usage(u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens);
+        Ok(Json(body).into_response())
     }
 }
 
-struct Meta {
-    id: String,
-    created: u64,
-    model: String,
-}
+const OBJECT: &str = "text_completion";
 
 /// Turns events into `text_completion` chunks.
 struct CompletionChunks {
     meta: Meta,
-    include_usage: bool,
-    continuous_usage: bool,
-    prompt_tokens: u32,
-    completion_tokens: u32,
+    usage: StreamUsage,
     /// Character offset of each choice's next token (for logprobs).
     offsets: BTreeMap<u32, usize>,
     /// Echoed prompts not yet sent, by choice.
     pending_echo: BTreeMap<u32, String>,
-    finished: std::collections::BTreeSet<u32>,
+    /// Choices whose finish reason has been sent.
+    finished: BTreeSet<u32>,
 }
 
 impl CompletionChunks {
@@ -177,31 +165,24 @@ impl CompletionChunks {
         logprobs: Value,
         finish: Option<&pb::Finish>,
     ) -> Value {
-        let mut c = json!({
-            "id": self.meta.id,
-            "object": "text_completion",
-            "created": self.meta.created,
-            "model": self.meta.model,
-            "choices": [{
+        let mut c = self.meta.object(
+            OBJECT,
+            vec![json!({
                 "index": index,
                 "text": text,
                 "logprobs": logprobs,
                 "finish_reason": finish_reason(finish),
                 "stop_reason": stop_reason(finish),
-            }],
-        });
-        if self.continuous_usage {
-            c["usage"] = usage(self.prompt_tokens, self.completion_tokens, 0);
-        } else if self.include_usage {
-            c["usage"] = Value::Null;
-        }
+            })],
+        );
+        self.usage.annotate(&mut c);
         c
     }
 
     fn on_event(&mut self, e: Event) -> Vec<Value> {
         match e {
             Event::Token(t) => {
-                self.completion_tokens += 1;
+                self.usage.completion_tokens += 1;
                 let echo = self.pending_echo.remove(&t.index).unwrap_or_default();
                 let logprobs = match &t.logprob {
                     Some(lp) => {
@@ -229,39 +210,16 @@ impl CompletionChunks {
                 let echo = self.pending_echo.remove(&s.index).unwrap_or_default();
                 vec![self.chunk(s.index, echo, Value::Null, s.finish.as_ref())]
             }
-            Event::Finished(f) => {
-                if !self.include_usage {
-                    return Vec::new();
-                }
-                let mut c = json!({
-                    "id": self.meta.id,
-                    "object": "text_completion",
-                    "created": self.meta.created,
-                    "model": self.meta.model,
-                    "choices": [],
-                });
-                c["usage"] = usage(f.prompt_tokens, f.completion_tokens, f.cached_prompt_tokens);
-                vec![c]
-            }
+            Event::Finished(f) => self
+                .usage
+                .last_chunk(&self.meta, OBJECT, &f)
+                .into_iter()
+                .collect(),
             Event::Started(_) | Event::Error(_) => Vec::new(),
         }
     }
 
-    fn stream(
-        mut self,
-        events: futures::stream::BoxStream<'static, Result<Event, ApiError>>,
-    ) -> SseEvents {
-        events
-            .flat_map(move |e| {
-                let out: Vec<Result<Value, ApiError>> = match e {
-                    Ok(Event::Error(m)) => {
-                        vec![Err(ApiError::internal(format!("generation failed: {m}")))]
-                    }
-                    Ok(e) => self.on_event(e).into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(e)],
-                };
-                futures::stream::iter(out)
-            })
-            .boxed()
+    fn stream(mut self, events: BoxStream<'static, Result<Event, ApiError>>) -> SseEvents {
+        chunks(events, move |e| self.on_event(e))
     }
 }

@@ -284,7 +284,7 @@ impl ChatFields {
         Ok(())
     }
 
-    pub fn chat_input(&self) -> Result<pb::ChatInput, ApiError> {
+    pub fn chat_input(&self) -> pb::ChatInput {
         let json = |v: &Option<Value>| -> String {
             match v {
                 None | Some(Value::Null) => String::new(),
@@ -292,8 +292,9 @@ impl ChatFields {
             }
         };
         let add_generation_prompt = self.add_generation_prompt.unwrap_or(true);
-        Ok(pb::ChatInput {
-            messages_json: Value::Array(self.messages.clone()).to_string(),
+        pb::ChatInput {
+            // Serializing JSON values cannot fail.
+            messages_json: serde_json::to_string(&self.messages).unwrap_or_default(),
             add_generation_prompt: add_generation_prompt
                 && !self.continue_final_message.unwrap_or(false),
             continue_final_message: self.continue_final_message.unwrap_or(false),
@@ -305,7 +306,7 @@ impl ChatFields {
                 .map(|m| Value::Object(m.clone()).to_string())
                 .unwrap_or_default(),
             add_special_tokens: self.add_special_tokens.unwrap_or(false),
-        })
+        }
     }
 }
 

@@ -11,10 +11,69 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub fn unix_now() -> u64 {
+fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// What a response and each of its chunks carry about the request.
+pub struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Meta {
+    /// `id` is `{prefix}-{request id}` (`chatcmpl-...`, `cmpl-...`).
+    pub fn new(prefix: &str, request_id: &str, model: &str) -> Self {
+        Meta {
+            id: format!("{prefix}-{request_id}"),
+            created: unix_now(),
+            model: model.to_string(),
+        }
+    }
+
+    /// `{id, object, created, model, choices}`.
+    pub fn object(&self, object: &str, choices: Vec<Value>) -> Value {
+        json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        })
+    }
+}
+
+/// Usage in a stream, as `stream_options` asks for it.
+pub struct StreamUsage {
+    /// `include_usage`: a last chunk with the usage and no choices.
+    pub include: bool,
+    /// `continuous_usage_stats`: the running usage on every chunk.
+    pub continuous: bool,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+impl StreamUsage {
+    /// Sets a content chunk's `usage` (null unless continuous).
+    pub fn annotate(&self, chunk: &mut Value) {
+        if self.continuous {
+            chunk["usage"] = usage(self.prompt_tokens, self.completion_tokens, 0);
+        } else if self.include {
+            chunk["usage"] = Value::Null;
+        }
+    }
+
+    /// The usage chunk that ends the stream, when asked for.
+    pub fn last_chunk(&self, meta: &Meta, object: &str, f: &pb::Finished) -> Option<Value> {
+        self.include.then(|| {
+            let mut c = meta.object(object, Vec::new());
+            c["usage"] = usage(f.prompt_tokens, f.completion_tokens, f.cached_prompt_tokens);
+            c
+        })
+    }
 }
 
 pub fn usage(prompt_tokens: u32, completion_tokens: u32, cached_tokens: u32) -> Value {

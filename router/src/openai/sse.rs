@@ -7,11 +7,32 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use llm_serve_proto::generate_event::Event as GenerationEvent;
 use serde_json::Value;
 use std::convert::Infallible;
 
 /// Chunks to send; the stream stops after an error.
 pub type SseEvents = BoxStream<'static, Result<Value, ApiError>>;
+
+/// A generation's events as chunks, `on_event` making the chunks of each
+/// event; an error event becomes the stream's error.
+pub fn chunks(
+    events: BoxStream<'static, Result<GenerationEvent, ApiError>>,
+    mut on_event: impl FnMut(GenerationEvent) -> Vec<Value> + Send + 'static,
+) -> SseEvents {
+    events
+        .flat_map(move |e| {
+            let out: Vec<Result<Value, ApiError>> = match e {
+                Ok(GenerationEvent::Error(m)) => {
+                    vec![Err(ApiError::internal(format!("generation failed: {m}")))]
+                }
+                Ok(e) => on_event(e).into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(out)
+        })
+        .boxed()
+}
 
 pub fn sse_response(chunks: SseEvents) -> Response {
     let mut failed = false;

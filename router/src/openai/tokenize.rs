@@ -31,7 +31,7 @@ pub async fn tokenize(
         (None, Some(_)) => {
             let chat: ChatFields = fields(&body)?;
             chat.check()?;
-            pb::tokenize_request::Input::Chat(chat.chat_input()?)
+            pb::tokenize_request::Input::Chat(chat.chat_input())
         }
         _ => {
             return Err(ApiError::bad_request(

@@ -10,7 +10,6 @@ use super::schema::{ApplicationSchema, DeploymentOptions, NumReplicas};
 use super::{from_value_at, ConfigError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::path::Path;
 
 /// The import paths that name this builder (Ray's own is accepted so a
 /// Ray Serve LLM config loads unchanged).
@@ -95,13 +94,9 @@ pub fn mangle(model_id: &str) -> String {
     model_id.replace('/', "--").replace('.', "_")
 }
 
-/// Builds application `index` of the config. `base_dir` resolves
-/// relative `llm_configs` file paths.
-pub fn build_app(
-    app: &ApplicationSchema,
-    index: usize,
-    base_dir: Option<&Path>,
-) -> Result<AppPlan, ConfigError> {
+/// Builds application `index` of the config (its `llm_configs` files
+/// already read in).
+pub fn build_app(app: &ApplicationSchema, index: usize) -> Result<AppPlan, ConfigError> {
     let path = format!("applications[{index}]");
     if !BUILDER_IMPORT_PATHS.contains(&app.import_path.as_str()) {
         return Err(ConfigError::at(
@@ -112,7 +107,7 @@ pub fn build_app(
             ),
         ));
     }
-    let configs = llm_configs(&app.args, &format!("{path}.args"), base_dir)?;
+    let configs = llm_configs(&app.args, &format!("{path}.args"))?;
     let app_code =
         serde_json::json!({"import_path": app.import_path, "runtime_env": app.runtime_env})
             .to_string();
@@ -242,12 +237,8 @@ fn router_defaults() -> DeploymentOptions {
     }
 }
 
-/// `args.llm_configs`: inline objects or paths of YAML files holding one.
-fn llm_configs(
-    args: &Map<String, Value>,
-    path: &str,
-    base_dir: Option<&Path>,
-) -> Result<Vec<LlmConfig>, ConfigError> {
+/// `args.llm_configs`: a non-empty list of LLM configs.
+fn llm_configs(args: &Map<String, Value>, path: &str) -> Result<Vec<LlmConfig>, ConfigError> {
     for key in args.keys() {
         if key != "llm_configs" {
             return Err(ConfigError::at(
@@ -279,17 +270,7 @@ fn llm_configs(
     };
     list.iter()
         .enumerate()
-        .map(|(i, v)| {
-            let p = format!("{path}.llm_configs[{i}]");
-            match v {
-                Value::String(file) => {
-                    let value = super::read_file_value(file, base_dir)
-                        .map_err(|m| ConfigError::at(p.clone(), m))?;
-                    from_value_at(value, &p)
-                }
-                other => from_value_at(other.clone(), &p),
-            }
-        })
+        .map(|(i, v)| from_value_at(v.clone(), &format!("{path}.llm_configs[{i}]")))
         .collect()
 }
 

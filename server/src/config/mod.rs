@@ -64,7 +64,7 @@ pub fn parse_text(text: &str) -> Result<Value, ConfigError> {
 
 /// Reads a YAML or JSON file named in a config; a relative path is taken
 /// from `base_dir` when given.
-pub fn read_file_value(file: &str, base_dir: Option<&Path>) -> Result<Value, String> {
+fn read_file_value(file: &str, base_dir: Option<&Path>) -> Result<Value, String> {
     let path = resolve_path(file, base_dir);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -87,14 +87,17 @@ pub struct Checked {
     pub apps: Vec<AppPlan>,
 }
 
-/// Checks a whole config and builds every application.
-pub fn check(value: Value, base_dir: Option<&Path>) -> Result<Checked, ConfigError> {
+/// Checks a whole config and builds every application. `llm_configs`
+/// file paths (relative ones from `base_dir`) are read into the config
+/// first, so the checked config stands on its own.
+pub fn check(mut value: Value, base_dir: Option<&Path>) -> Result<Checked, ConfigError> {
     if !value.is_object() {
         return Err(ConfigError::at(
             "(config)",
             "expected a mapping with `applications` (Ray Serve's multi-application config)",
         ));
     }
+    inline_llm_config_files(&mut value, base_dir)?;
     let config: ServeDeploySchema = from_value_at(value, "")?;
     check_global(&config)?;
     let mut names = BTreeSet::new();
@@ -123,18 +126,14 @@ pub fn check(value: Value, base_dir: Option<&Path>) -> Result<Checked, ConfigErr
                 ));
             }
         }
-        apps.push(build::build_app(app, i, base_dir)?);
+        apps.push(build::build_app(app, i)?);
     }
     Ok(Checked { config, apps })
 }
 
 /// Replaces `llm_configs` entries that are file paths by the files'
-/// contents, so a config sent elsewhere (the admin API) does not depend on
-/// the sender's working directory.
-pub fn inline_llm_config_files(
-    value: &mut Value,
-    base_dir: Option<&Path>,
-) -> Result<(), ConfigError> {
+/// contents.
+fn inline_llm_config_files(value: &mut Value, base_dir: Option<&Path>) -> Result<(), ConfigError> {
     let Some(apps) = value.get_mut("applications").and_then(Value::as_array_mut) else {
         return Ok(());
     };
