@@ -13,8 +13,9 @@ pub mod tokenizer;
 
 pub use chat_template::{ChatTemplate, TemplateArgs};
 pub use engine::{
-    Engine, EngineConfig, EngineEvent, EngineInfo, EngineRequest, EngineStats, RequestStream,
-    SchedulingPolicy, TokenDelta, Usage,
+    available_memory_bytes, os_available_memory_bytes, Engine, EngineConfig, EngineEvent,
+    EngineInfo, EngineRequest, EngineStats, RequestStream, SchedulingPolicy, TokenDelta, Usage,
+    MEMORY_LIMIT_ENV,
 };
 pub use error::{EngineError, Result};
 pub use generate::{Generation, Generator};

@@ -41,16 +41,17 @@ impl Default for RouterConfig {
 pub struct App {
     pub models: Models,
     pub config: RouterConfig,
-    pub metrics: Metrics,
+    /// Shared with every other application of the proxy.
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
-    pub fn new(config: RouterConfig) -> Result<Arc<Self>, crate::error::RouterError> {
-        Ok(Arc::new(App {
+    pub fn new(config: RouterConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(App {
             models: Models::default(),
             config,
-            metrics: Metrics::new()?,
-        }))
+            metrics,
+        })
     }
 }
 
@@ -135,13 +136,13 @@ async fn observe(State(app): State<Arc<App>>, mut req: Request, next: Next) -> R
     let status = response.status();
     app.metrics
         .observe_http(handler, method.as_str(), status.as_u16(), started.elapsed());
-    tracing::info!(
+    tracing::debug!(
         request_id = %request_id,
         method = %method,
-        route = %path,
+        path = %path,
         status = status.as_u16(),
         latency_ms = started.elapsed().as_secs_f64() * 1e3,
-        "access"
+        "router access"
     );
     response
 }
@@ -198,7 +199,7 @@ async fn version() -> Json<Value> {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    match app.metrics.render(&app.models).await {
+    match app.metrics.render(&app.models.all()).await {
         Ok(text) => (
             [(
                 axum::http::header::CONTENT_TYPE,

@@ -79,6 +79,15 @@ impl ApiError {
         )
     }
 
+    /// 408: the request took longer than the server's request timeout.
+    pub fn timeout(seconds: f64) -> Self {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "TimeoutError",
+            format!("Request timed out after {seconds} s (the server's request_timeout_s)."),
+        )
+    }
+
     /// 500 with a generic message; the detail goes to the log only.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!("internal error: {detail}");

@@ -8,7 +8,9 @@ pub mod error;
 pub mod metrics;
 pub mod openai;
 pub mod replicas;
+pub mod serve_metrics;
 
 pub use app::{router, App, RouterConfig};
 pub use error::{ApiError, RouterError};
-pub use replicas::{Deployment, Models, Replica, ReplicaState};
+pub use metrics::Metrics;
+pub use replicas::{Deployment, DeploymentLabels, Models, Replica, ReplicaState};

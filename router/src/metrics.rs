@@ -3,9 +3,12 @@
 //! prefix, labelled by `model_name` and `engine` (the replica).
 //!
 //! Engine metrics are read from the replicas (the `Stats` call) when
-//! `/metrics` is scraped, so they are as fresh as the scrape.
+//! `/metrics` is scraped, so they are as fresh as the scrape. One
+//! `Metrics` is shared by every application of a proxy, and also holds
+//! Ray Serve's metrics (`serve_metrics`).
 
-use crate::replicas::{Models, ReplicaState};
+use crate::replicas::{Deployment, ReplicaState};
+use crate::serve_metrics::ServeMetrics;
 use llm_serve_proto as pb;
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
@@ -13,6 +16,7 @@ use prometheus::proto::{
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The engine metrics' name prefix (vLLM's is `vllm:`).
@@ -24,6 +28,7 @@ pub struct Metrics {
     registry: Registry,
     http_requests: IntCounterVec,
     http_latency: HistogramVec,
+    pub serve: ServeMetrics,
 }
 
 impl Metrics {
@@ -48,10 +53,12 @@ impl Metrics {
         )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_latency.clone()))?;
+        let serve = ServeMetrics::register(&registry)?;
         Ok(Metrics {
             registry,
             http_requests,
             http_latency,
+            serve,
         })
     }
 
@@ -64,11 +71,15 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
-    /// The whole exposition: HTTP metrics, then each replica's engine.
-    pub async fn render(&self, models: &Models) -> Result<String, prometheus::Error> {
+    /// The whole exposition: HTTP and Serve metrics, then the engine of
+    /// each replica of `deployments`.
+    pub async fn render(
+        &self,
+        deployments: &[Arc<Deployment>],
+    ) -> Result<String, prometheus::Error> {
         let mut snapshots = Vec::new();
         let mut calls = Vec::new();
-        for d in models.all() {
+        for d in deployments {
             for r in d.replicas() {
                 if matches!(r.state(), ReplicaState::Ready | ReplicaState::Draining) {
                     let model = d.model_id.clone();

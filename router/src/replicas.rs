@@ -1,14 +1,17 @@
 //! The engine replicas the router can send requests to: per served model a
 //! deployment of replicas, each with a gRPC client and the router's own
-//! count of requests in flight on it.
+//! count of requests in flight on it; the deployment's limits on requests
+//! per replica and requests queued.
 
 use crate::error::{ApiError, RouterError};
+use crate::metrics::Metrics;
 use llm_serve_proto::replica_client::ReplicaClient;
 use llm_serve_proto::InfoResponse;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
 use tonic::transport::{Channel, Endpoint};
 
 /// Where a replica is in its life, as the router sees it.
@@ -79,23 +82,163 @@ impl Replica {
     }
 }
 
-/// Counts a request against its replica until dropped.
+/// Where a deployment sits in Serve's terms, for its metrics' labels.
+#[derive(Clone, Debug, Default)]
+pub struct DeploymentLabels {
+    pub application: String,
+    pub deployment: String,
+    /// The application's route prefix.
+    pub route: String,
+    /// Who sends the requests (the proxy's handle) and its actor id.
+    pub handle: String,
+    pub actor_id: String,
+}
+
+/// How many requests a deployment's replicas take and queue (Serve's
+/// `max_ongoing_requests` and `max_queued_requests`, -1 for no bound).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_ongoing_requests: u64,
+    pub max_queued_requests: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_ongoing_requests: u64::MAX,
+            max_queued_requests: -1,
+        }
+    }
+}
+
+/// What requests in flight and queued are counted against, shared by a
+/// deployment and its requests.
+struct Accounting {
+    labels: DeploymentLabels,
+    metrics: Arc<Metrics>,
+    limits: RwLock<Limits>,
+    queued: AtomicU32,
+    /// Woken when a request leaves a replica or the replicas change.
+    changed: Notify,
+}
+
+impl Accounting {
+    fn replica_labels<'a>(&'a self, replica: &'a str) -> [&'a str; 3] {
+        [&self.labels.deployment, replica, &self.labels.application]
+    }
+
+    fn handle_labels(&self) -> [&str; 4] {
+        let l = &self.labels;
+        [&l.deployment, &l.application, &l.handle, &l.actor_id]
+    }
+}
+
+/// Counts a request against its replica until dropped, and records it in
+/// the Serve metrics then.
 pub struct InFlight {
     pub replica: Arc<Replica>,
+    accounting: Arc<Accounting>,
+    started: Instant,
+    failed: bool,
 }
 
 impl InFlight {
-    fn new(replica: Arc<Replica>) -> Self {
+    fn new(replica: Arc<Replica>, accounting: Arc<Accounting>) -> Self {
         replica.ongoing.fetch_add(1, Ordering::SeqCst);
-        InFlight { replica }
+        let m = &accounting.metrics.serve;
+        m.replica_processing_queries
+            .with_label_values(&accounting.replica_labels(&replica.id))
+            .inc();
+        m.num_ongoing_requests_at_replicas
+            .with_label_values(&accounting.handle_labels())
+            .inc();
+        let l = &accounting.labels;
+        m.num_router_requests
+            .with_label_values(&[
+                &l.deployment,
+                &l.route,
+                &l.application,
+                &l.handle,
+                &l.actor_id,
+            ])
+            .inc();
+        InFlight {
+            replica,
+            accounting,
+            started: Instant::now(),
+            failed: false,
+        }
+    }
+
+    /// The request ended in an error on the replica.
+    pub fn mark_failed(&mut self) {
+        self.failed = true;
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.replica.ongoing.fetch_sub(1, Ordering::SeqCst);
+        let a = &self.accounting;
+        let m = &a.metrics.serve;
+        let l = &a.labels;
+        let with_route = [
+            &*l.deployment,
+            &*self.replica.id,
+            &*l.route,
+            &*l.application,
+        ];
+        m.deployment_request_counter
+            .with_label_values(&with_route)
+            .inc();
+        if self.failed {
+            m.deployment_error_counter
+                .with_label_values(&with_route)
+                .inc();
+        }
+        m.deployment_processing_latency_ms
+            .with_label_values(&with_route)
+            .observe(self.started.elapsed().as_secs_f64() * 1e3);
+        m.replica_processing_queries
+            .with_label_values(&a.replica_labels(&self.replica.id))
+            .dec();
+        m.num_ongoing_requests_at_replicas
+            .with_label_values(&a.handle_labels())
+            .dec();
+        a.changed.notify_waiters();
     }
 }
+
+/// Counts a request waiting for a replica with room.
+struct Queued<'a>(&'a Accounting);
+
+impl<'a> Queued<'a> {
+    fn new(a: &'a Accounting) -> Self {
+        a.queued.fetch_add(1, Ordering::SeqCst);
+        a.metrics
+            .serve
+            .deployment_queued_queries
+            .with_label_values(&a.handle_labels())
+            .inc();
+        Queued(a)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::SeqCst);
+        self.0
+            .metrics
+            .serve
+            .deployment_queued_queries
+            .with_label_values(&self.0.handle_labels())
+            .dec();
+    }
+}
+
+/// How long a queued request sleeps before looking at the replicas again
+/// when nothing wakes it.
+const QUEUE_RECHECK: Duration = Duration::from_millis(100);
 
 /// The replicas serving one model.
 pub struct Deployment {
@@ -107,10 +250,11 @@ pub struct Deployment {
     info: RwLock<Option<InfoResponse>>,
     /// Why no replica is ready, when that is known (e.g. a replica's exit).
     problem: RwLock<Option<String>>,
+    accounting: Arc<Accounting>,
 }
 
 impl Deployment {
-    pub fn new(model_id: &str) -> Arc<Self> {
+    pub fn new(model_id: &str, labels: DeploymentLabels, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Deployment {
             model_id: model_id.to_string(),
             created: SystemTime::now()
@@ -119,7 +263,18 @@ impl Deployment {
             replicas: RwLock::new(Vec::new()),
             info: RwLock::new(None),
             problem: RwLock::new(None),
+            accounting: Arc::new(Accounting {
+                labels,
+                metrics,
+                limits: RwLock::new(Limits::default()),
+                queued: AtomicU32::new(0),
+                changed: Notify::new(),
+            }),
         })
+    }
+
+    pub fn labels(&self) -> &DeploymentLabels {
+        &self.accounting.labels
     }
 
     pub fn replicas(&self) -> Vec<Arc<Replica>> {
@@ -131,6 +286,35 @@ impl Deployment {
 
     pub fn set_replicas(&self, replicas: Vec<Arc<Replica>>) {
         *self.replicas.write().unwrap_or_else(|p| p.into_inner()) = replicas;
+        self.accounting.changed.notify_waiters();
+    }
+
+    /// Wakes queued requests to look at the replicas again (after a state
+    /// change of one of them).
+    pub fn replicas_changed(&self) {
+        self.accounting.changed.notify_waiters();
+    }
+
+    pub fn set_limits(&self, limits: Limits) {
+        *self
+            .accounting
+            .limits
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = limits;
+        self.accounting.changed.notify_waiters();
+    }
+
+    pub fn limits(&self) -> Limits {
+        *self
+            .accounting
+            .limits
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests waiting for a replica with room.
+    pub fn queued(&self) -> u32 {
+        self.accounting.queued.load(Ordering::SeqCst)
     }
 
     /// Facts about the loaded model, once a replica has reported them.
@@ -153,47 +337,86 @@ impl Deployment {
     }
 
     /// A ready replica for a new request, by power of two choices on the
-    /// requests in flight (the less loaded of two picked at random), or a
-    /// 503 saying why there is none.
-    pub fn pick(&self, exclude: &[String]) -> Result<InFlight, ApiError> {
-        let ready: Vec<Arc<Replica>> = self
-            .replicas()
-            .into_iter()
-            .filter(|r| r.state() == ReplicaState::Ready && !exclude.contains(&r.id))
-            .collect();
-        let chosen = match ready.len() {
-            0 => None,
-            1 => Some(ready[0].clone()),
-            n => {
-                let a = rand::random_range(0..n);
-                let mut b = rand::random_range(0..n - 1);
-                if b >= a {
-                    b += 1;
+    /// requests in flight (the less loaded of two picked at random) among
+    /// those below `max_ongoing_requests`. When every ready replica is at
+    /// its limit the request waits here, up to `max_queued_requests`
+    /// waiting (then a 503, Serve's backpressure); with no ready replica
+    /// at all, a 503 saying why.
+    pub async fn pick(&self, exclude: &[String]) -> Result<InFlight, ApiError> {
+        let mut queued: Option<Queued> = None;
+        loop {
+            let changed = self.accounting.changed.notified();
+            let limits = self.limits();
+            let ready: Vec<Arc<Replica>> = self
+                .replicas()
+                .into_iter()
+                .filter(|r| r.state() == ReplicaState::Ready && !exclude.contains(&r.id))
+                .collect();
+            if ready.is_empty() {
+                return Err(self.none_ready());
+            }
+            let room: Vec<&Arc<Replica>> = ready
+                .iter()
+                .filter(|r| u64::from(r.ongoing()) < limits.max_ongoing_requests)
+                .collect();
+            if let Some(r) = power_of_two(&room) {
+                return Ok(InFlight::new(r.clone(), self.accounting.clone()));
+            }
+            if queued.is_none() {
+                let waiting = self.queued();
+                if limits.max_queued_requests >= 0
+                    && i64::from(waiting) >= limits.max_queued_requests
+                {
+                    tracing::warn!(
+                        deployment = %self.accounting.labels.deployment,
+                        application = %self.accounting.labels.application,
+                        "Request dropped due to backpressure (num_queued_requests={waiting}, max_queued_requests={}).",
+                        limits.max_queued_requests
+                    );
+                    return Err(ApiError::unavailable(format!(
+                        "Request dropped due to backpressure (num_queued_requests={waiting}, max_queued_requests={}).",
+                        limits.max_queued_requests
+                    )));
                 }
-                let (ra, rb) = (&ready[a], &ready[b]);
-                Some(if rb.ongoing() < ra.ongoing() { rb } else { ra }.clone())
+                queued = Some(Queued::new(&self.accounting));
             }
-        };
-        match chosen {
-            Some(r) => Ok(InFlight::new(r)),
-            None => {
-                let problem = self
-                    .problem
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                let starting = self
-                    .replicas()
-                    .iter()
-                    .any(|r| r.state() == ReplicaState::Starting);
-                Err(ApiError::unavailable(match problem {
-                    Some(p) => format!("No replica of model `{}` is available: {p}", self.model_id),
-                    None if starting => {
-                        format!("Model `{}` is still loading; retry shortly.", self.model_id)
-                    }
-                    None => format!("No replica of model `{}` is available.", self.model_id),
-                }))
+            let _ = tokio::time::timeout(QUEUE_RECHECK, changed).await;
+        }
+    }
+
+    fn none_ready(&self) -> ApiError {
+        let problem = self
+            .problem
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let starting = self
+            .replicas()
+            .iter()
+            .any(|r| r.state() == ReplicaState::Starting);
+        ApiError::unavailable(match problem {
+            Some(p) => format!("No replica of model `{}` is available: {p}", self.model_id),
+            None if starting => {
+                format!("Model `{}` is still loading; retry shortly.", self.model_id)
             }
+            None => format!("No replica of model `{}` is available.", self.model_id),
+        })
+    }
+}
+
+/// The less loaded of two replicas picked at random.
+fn power_of_two<'a>(candidates: &[&'a Arc<Replica>]) -> Option<&'a Arc<Replica>> {
+    match candidates.len() {
+        0 => None,
+        1 => Some(candidates[0]),
+        n => {
+            let a = rand::random_range(0..n);
+            let mut b = rand::random_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (ra, rb) = (candidates[a], candidates[b]);
+            Some(if rb.ongoing() < ra.ongoing() { rb } else { ra })
         }
     }
 }
@@ -210,6 +433,13 @@ impl Models {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(d.model_id.clone(), d);
+    }
+
+    pub fn remove(&self, model_id: &str) -> Option<Arc<Deployment>> {
+        self.by_name
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(model_id)
     }
 
     pub fn get(&self, model_id: &str) -> Option<Arc<Deployment>> {

@@ -18,9 +18,24 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Serve one model over the OpenAI-compatible API: the router in this
-    /// process, the engine in a replica child process.
+    /// Start llm-serve in the background (controller, HTTP proxy, admin
+    /// API); applications are then deployed with `deploy`.
+    Start(StartArgs),
+    /// Run a deploy config in the foreground: starts llm-serve, deploys
+    /// the config, streams the logs; Ctrl-C shuts everything down.
+    Run(RunArgs),
+    /// Serve one model over the OpenAI-compatible API (`run` on a
+    /// one-application config made from the flags).
     Serve(ServeArgs),
+    /// Deploy a config to a running llm-serve (declarative: applications
+    /// not in the config are deleted).
+    Deploy(DeployArgs),
+    /// Print the status of the applications, deployments and replicas.
+    Status(StatusArgs),
+    /// Print the config last deployed (the goal state).
+    Config(StatusArgs),
+    /// Shut llm-serve down: every application and process it started.
+    Shutdown(ShutdownArgs),
     /// Write a deploy config (Ray Serve's multi-application YAML) serving
     /// these models, with every default spelled out.
     Build(BuildArgs),
@@ -232,6 +247,127 @@ pub struct EngineFlags {
     pub threads: Option<usize>,
 }
 
+/// What every command that runs llm-serve itself takes.
+#[derive(Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// Address of the admin REST API.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub dashboard_host: String,
+    /// Port of the admin REST API.
+    #[arg(long, default_value_t = 8265)]
+    pub dashboard_port: u16,
+    /// CPUs the node offers to replicas (default: all cores).
+    #[arg(long)]
+    pub num_cpus: Option<f64>,
+    /// GPUs the node offers (default: those NVML finds; more are declared).
+    #[arg(long)]
+    pub num_gpus: Option<u32>,
+    /// Memory in bytes the node offers to replicas (default: available).
+    #[arg(long)]
+    pub memory: Option<f64>,
+    /// Custom resources as a JSON object, e.g. '{"accelerator_type:L4": 1}'.
+    #[arg(long)]
+    pub resources: Option<String>,
+    /// Where logs, the checkpoint and the lock live (default /tmp/llm-serve).
+    #[arg(long, env = "LLM_SERVE_STATE_DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Require `Authorization: Bearer <key>` on the OpenAI API (not for
+    /// /health, /metrics and /-/ routes).
+    #[arg(long, env = "LLM_SERVE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Request bodies above this many bytes are refused with a 413.
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    pub max_request_body_bytes: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    /// Address of the HTTP proxy.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub http_host: String,
+    /// Port of the HTTP proxy.
+    #[arg(long, default_value_t = 8000)]
+    pub http_port: u16,
+    /// End-to-end request timeout of the proxy in seconds (408 after it).
+    #[arg(long)]
+    pub request_timeout_s: Option<f64>,
+    /// Seconds an idle keep-alive connection stays open.
+    #[arg(long, default_value_t = 5.0)]
+    pub keep_alive_timeout_s: f64,
+    /// Disabled, HeadOnly or EveryNode (one node here: the last two are
+    /// the same).
+    #[arg(long, default_value = "EveryNode")]
+    pub proxy_location: String,
+    /// Port of the gRPC proxy (not built yet: see the README).
+    #[arg(long, default_value_t = 9000)]
+    pub grpc_port: u16,
+    /// gRPC servicer functions; a gRPC proxy is not built, so none may be
+    /// given.
+    #[arg(long)]
+    pub grpc_servicer_functions: Vec<String>,
+    /// Stay in the foreground instead of starting a background daemon.
+    #[arg(long)]
+    pub foreground: bool,
+    /// (internal) the detached daemon: no log on stderr.
+    #[arg(long, hide = true)]
+    pub detached: bool,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// A deploy config (YAML or JSON).
+    pub config: std::path::PathBuf,
+    /// Overrides the config's http_options.host.
+    #[arg(long)]
+    pub http_host: Option<String>,
+    /// Overrides the config's http_options.port.
+    #[arg(long)]
+    pub http_port: Option<u16>,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// The admin API's address.
+#[derive(Args, Debug, Clone)]
+pub struct AddressArgs {
+    /// Address of llm-serve's admin REST API.
+    #[arg(
+        short = 'a',
+        long,
+        env = "LLM_SERVE_ADDRESS",
+        default_value = "http://127.0.0.1:8265"
+    )]
+    pub address: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// A deploy config (YAML or JSON).
+    pub config: std::path::PathBuf,
+    #[command(flatten)]
+    pub address: AddressArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Only this application.
+    #[arg(short = 'n', long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub address: AddressArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ShutdownArgs {
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub address: AddressArgs,
+}
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// A GGUF file, a Hugging Face model directory, a hub id, or `default`.
@@ -245,17 +381,16 @@ pub struct ServeArgs {
     /// The name clients use in `model` (default: the model source).
     #[arg(long)]
     pub served_model_name: Option<String>,
-    /// Require `Authorization: Bearer <key>` (not for /health and /metrics).
-    #[arg(long, env = "LLM_SERVE_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-    /// Request bodies above this many bytes are refused with a 413.
-    #[arg(long, default_value_t = 32 * 1024 * 1024)]
-    pub max_request_body_bytes: usize,
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, default_value_t = 30.0)]
     pub graceful_shutdown_timeout_s: f64,
+    /// Print the deploy config `serve` runs, and exit.
+    #[arg(long)]
+    pub print_config: bool,
     #[command(flatten)]
     pub engine: EngineFlags,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
 }
 
 #[derive(Args, Debug)]

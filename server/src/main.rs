@@ -1,24 +1,43 @@
 //! `llm-serve`: the command-line entry point.
 
+mod admin;
 mod bench;
 mod bench_engine;
 mod build_config;
 mod cli;
+mod client;
 mod config;
+mod control;
+mod daemon;
 mod engine_kwargs;
 mod generate;
+mod logs;
+mod proxy;
 mod replica;
 mod replica_process;
+mod resources;
 mod serve;
 mod signals;
+mod start;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    init_logging(cli.log_level.as_deref());
+    // The daemon and replicas set up their own logging (files, formats).
+    match &cli.command {
+        cli::Command::Start(_) | cli::Command::Run(_) | cli::Command::Serve(_) => {}
+        cli::Command::Replica(r) => logs::init_replica(&r.replica_id),
+        _ => logs::init_cli(cli.log_level.as_deref()),
+    }
     let result = match cli.command {
+        cli::Command::Start(args) => start::start(args),
+        cli::Command::Run(args) => start::run(args),
         cli::Command::Serve(args) => serve::run(args),
+        cli::Command::Deploy(args) => client::deploy(args),
+        cli::Command::Status(args) => client::status(args),
+        cli::Command::Config(args) => client::config(args),
+        cli::Command::Shutdown(args) => client::shutdown(args),
         cli::Command::Build(args) => build_config::build(args),
         cli::Command::Check(args) => build_config::check(args),
         cli::Command::Replica(args) => replica::run(args),
@@ -33,13 +52,4 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(level: Option<&str>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.unwrap_or("warn")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -16,8 +16,14 @@ use llm_serve_engine::EngineConfig;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The share of its GPU(s) a replica may use, from the controller.
+pub const GPU_MEMORY_FRACTION_ENV: &str = "LLM_SERVE_GPU_MEMORY_FRACTION";
+/// The accelerator type the replica was placed for.
+pub const ACCELERATOR_TYPE_ENV: &str = "LLM_SERVE_ACCELERATOR_TYPE";
+
 pub fn run(args: ReplicaArgs) -> Result<()> {
     exit_with_parent();
+    report_accelerator_share(&args.replica_id);
     let threads = llm_serve_kernels::threads::init(args.engine.threads.unwrap_or(0));
     let cfg = crate::engine_kwargs::engine_config(&args.engine)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -83,6 +89,20 @@ async fn serve(args: ReplicaArgs, cfg: EngineConfig, threads: usize) -> Result<(
         anyhow::bail!("the model failed to load: {message}");
     }
     Ok(())
+}
+
+/// Says what the replica does with the accelerator share it was given:
+/// the engine runs on the CPU kernels until a GPU backend is built in.
+fn report_accelerator_share(replica_id: &str) {
+    let devices = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default();
+    if devices.is_empty() {
+        return;
+    }
+    let fraction = std::env::var(GPU_MEMORY_FRACTION_ENV).unwrap_or_else(|_| "1".into());
+    tracing::warn!(
+        replica = %replica_id,
+        "placed on GPU(s) {devices} with a {fraction} share, but this build has no GPU backend: the engine runs on the CPU kernels"
+    );
 }
 
 /// Refuses new requests and waits for in-flight ones (up to `timeout`).

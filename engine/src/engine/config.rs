@@ -125,8 +125,26 @@ impl EngineConfig {
     }
 }
 
-/// Memory the OS reports available (`MemAvailable`), where it can be read.
+/// The replica's share of the node's memory in bytes, set by the
+/// controller from `ray_actor_options.memory`.
+pub const MEMORY_LIMIT_ENV: &str = "LLM_SERVE_MEMORY_LIMIT_BYTES";
+
+/// Memory the KV cache is sized from: what the OS reports available,
+/// capped by the replica's share when the controller gave it one.
 pub fn available_memory_bytes() -> Option<u64> {
+    let limit = std::env::var(MEMORY_LIMIT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&l| l > 0);
+    match (os_available_memory_bytes(), limit) {
+        (Some(a), Some(l)) => Some(a.min(l)),
+        (a, None) => a,
+        (None, l) => l,
+    }
+}
+
+/// Memory the OS reports available (`MemAvailable`), where it can be read.
+pub fn os_available_memory_bytes() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

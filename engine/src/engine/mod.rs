@@ -15,7 +15,9 @@ pub mod scheduler;
 mod stats;
 mod worker;
 
-pub use config::{available_memory_bytes, EngineConfig};
+pub use config::{
+    available_memory_bytes, os_available_memory_bytes, EngineConfig, MEMORY_LIMIT_ENV,
+};
 pub use histograms::{EngineHistograms, Histogram};
 pub use request::{EngineEvent, EngineRequest, RequestTimes, TokenDelta, Usage};
 pub use scheduler::SchedulingPolicy;

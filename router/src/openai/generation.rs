@@ -31,7 +31,7 @@ pub async fn start(
 ) -> Result<Generation, ApiError> {
     let mut tried = Vec::new();
     loop {
-        let inflight = deployment.pick(&tried)?;
+        let mut inflight = deployment.pick(&tried).await?;
         let mut client = inflight.replica.client();
         let mut stream = match client.generate(request.clone()).await {
             Ok(r) => r.into_inner(),
@@ -45,18 +45,25 @@ pub async fn start(
                 tried.push(inflight.replica.id.clone());
                 continue;
             }
-            Err(s) => return Err(ApiError::from_status(&s)),
+            Err(s) => {
+                inflight.mark_failed();
+                return Err(ApiError::from_status(&s));
+            }
         };
         let started = match stream.message().await {
             Ok(Some(pb::GenerateEvent {
                 event: Some(Event::Started(s)),
             })) => s,
             Ok(_) => {
+                inflight.mark_failed();
                 return Err(ApiError::internal(
                     "the replica's stream did not start with `started`",
-                ))
+                ));
             }
-            Err(s) => return Err(ApiError::from_status(&s)),
+            Err(s) => {
+                inflight.mark_failed();
+                return Err(ApiError::from_status(&s));
+            }
         };
         return Ok(Generation {
             prompt_tokens: started.prompt_tokens,
@@ -71,24 +78,25 @@ fn events(
     inflight: InFlight,
 ) -> BoxStream<'static, Result<Event, ApiError>> {
     futures::stream::unfold(Some((stream, inflight)), |state| async move {
-        let (mut stream, inflight) = state?;
-        match stream.message().await {
+        let (mut stream, mut inflight) = state?;
+        let error = match stream.message().await {
             Ok(Some(pb::GenerateEvent { event: Some(e) })) => {
+                if matches!(e, Event::Error(_)) {
+                    inflight.mark_failed();
+                }
                 let last = matches!(e, Event::Finished(_) | Event::Error(_));
-                Some((Ok(e), (!last).then_some((stream, inflight))))
+                return Some((Ok(e), (!last).then_some((stream, inflight))));
             }
-            Ok(Some(pb::GenerateEvent { event: None })) => Some((
-                Err(ApiError::internal("the replica sent an empty event")),
-                None,
-            )),
-            Ok(None) => Some((
-                Err(ApiError::internal(
-                    "the replica's stream ended before the request finished",
-                )),
-                None,
-            )),
-            Err(s) => Some((Err(ApiError::from_status(&s)), None)),
-        }
+            Ok(Some(pb::GenerateEvent { event: None })) => {
+                ApiError::internal("the replica sent an empty event")
+            }
+            Ok(None) => {
+                ApiError::internal("the replica's stream ended before the request finished")
+            }
+            Err(s) => ApiError::from_status(&s),
+        };
+        inflight.mark_failed();
+        Some((Err(error), None))
     })
     .boxed()
 }

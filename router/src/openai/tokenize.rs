@@ -41,7 +41,7 @@ pub async fn tokenize(
         }
     };
     let deployment = app.models.resolve(f.model.as_deref())?;
-    let inflight = deployment.pick(&[])?;
+    let inflight = deployment.pick(&[]).await?;
     let r = inflight
         .replica
         .client()
@@ -75,7 +75,7 @@ pub async fn detokenize(
     super::request::require(&body, "tokens")?;
     let f: DetokenizeFields = fields(&body)?;
     let deployment = app.models.resolve(f.model.as_deref())?;
-    let inflight = deployment.pick(&[])?;
+    let inflight = deployment.pick(&[]).await?;
     let r = inflight
         .replica
         .client()

@@ -59,7 +59,6 @@ impl DeploymentPlan {
 
     /// Everything whose change restarts replicas, as one comparable string
     /// (the controller's test for a code update against a lightweight one).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn code_version(&self) -> String {
         let code = serde_json::json!({
             "kind": self.kind,

@@ -9,7 +9,6 @@ pub mod resolve;
 pub mod schema;
 
 pub use build::AppPlan;
-#[cfg(test)]
 pub use resolve::DeploymentConfig;
 pub use schema::ServeDeploySchema;
 
@@ -85,6 +84,9 @@ fn resolve_path(file: &str, base_dir: Option<&Path>) -> PathBuf {
 pub struct Checked {
     pub config: ServeDeploySchema,
     pub apps: Vec<AppPlan>,
+    /// The config as given, with `llm_configs` files read in: what the
+    /// admin API stores and `llm-serve config` prints.
+    pub value: Value,
 }
 
 /// Checks a whole config and builds every application. `llm_configs`
@@ -98,7 +100,7 @@ pub fn check(mut value: Value, base_dir: Option<&Path>) -> Result<Checked, Confi
         ));
     }
     inline_llm_config_files(&mut value, base_dir)?;
-    let config: ServeDeploySchema = from_value_at(value, "")?;
+    let config: ServeDeploySchema = from_value_at(value.clone(), "")?;
     check_global(&config)?;
     let mut names = BTreeSet::new();
     let mut prefixes = BTreeSet::new();
@@ -128,7 +130,11 @@ pub fn check(mut value: Value, base_dir: Option<&Path>) -> Result<Checked, Confi
         }
         apps.push(build::build_app(app, i)?);
     }
-    Ok(Checked { config, apps })
+    Ok(Checked {
+        config,
+        apps,
+        value,
+    })
 }
 
 /// Replaces `llm_configs` entries that are file paths by the files'

@@ -34,8 +34,14 @@ impl Server {
     /// KV cache, plus `extra` flags; returns once the port answers.
     pub fn spawn(model: &str, extra: &[&str]) -> Server {
         let port = free_port();
+        let admin_port = free_port().to_string();
+        let state_dir = std::env::temp_dir().join(format!("llm-serve-test-{port}"));
         let mut args: Vec<String> = [
             "serve",
+            "--dashboard-port",
+            &admin_port,
+            "--state-dir",
+            state_dir.to_str().unwrap(),
             "--model",
             model,
             "--served-model-name",

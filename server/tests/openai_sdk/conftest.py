@@ -42,7 +42,8 @@ def server():
     # would block the server).
     log = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(
-        [binary(), "serve", "--model", "default", "--served-model-name", MODEL, "--host", "127.0.0.1",
+        [binary(), "serve", "--dashboard-port", str(free_port()), "--state-dir", tempfile.mkdtemp(prefix="llm-serve-sdk-"),
+         "--model", "default", "--served-model-name", MODEL, "--host", "127.0.0.1",
          "--port", str(port), "--max-model-len", str(MAX_MODEL_LEN), "--kv-cache-memory-bytes", str(256 << 20)],
         stderr=log, text=True)
     base = f"http://127.0.0.1:{port}"

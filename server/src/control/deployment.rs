@@ -1,0 +1,799 @@
+//! One deployment's replicas, reconciled toward its target: starting the
+//! missing ones where resources allow, stopping the extra ones, rolling a
+//! new code version in one replica at a time (the new one running before
+//! an old one stops), retrying failed starts with a backoff and giving up
+//! after a few, and summing it all up as a status and a message.
+
+use super::replica::{self, Command, HealthTimings, Launch};
+use super::status::{DeploymentDetails, DeploymentStatus, ReplicaDetails, ReplicaStatus};
+use super::Shared;
+use crate::config::build::{DeploymentKind, DeploymentPlan};
+use crate::config::schema::{Encoding, LoggingConfig};
+use crate::resources::{Allocation, ResourceRequest, Shortage};
+use llm_serve_router as router;
+use rand::distr::{Alphanumeric, SampleString};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// Failed starts in a row after which a deployment stops trying until it
+/// is deployed again.
+pub const MAX_START_FAILURES: u32 = 3;
+/// How often the slow-start warning repeats.
+const SLOW_START: Duration = Duration::from_secs(30);
+
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A replica as the controller tracks it.
+pub struct ReplicaRecord {
+    pub id: String,
+    pub actor_id: String,
+    pub version: String,
+    pub state: ReplicaStatus,
+    pub pid: Option<u32>,
+    pub start_time_s: f64,
+    started: Instant,
+    pub log_file: PathBuf,
+    commands: mpsc::UnboundedSender<Command>,
+    pub router: Option<Arc<router::Replica>>,
+    pub allocation: Allocation,
+    /// Set once it was told to stop (or died): no longer counted.
+    pub stopping: bool,
+}
+
+impl ReplicaRecord {
+    fn stop(&mut self, wait_loop: Duration, timeout: Duration) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        self.state = ReplicaStatus::Stopping;
+        if let Some(r) = &self.router {
+            r.set_state(router::ReplicaState::Draining);
+        }
+        let _ = self.commands.send(Command::Stop { wait_loop, timeout });
+    }
+}
+
+pub struct DeploymentState {
+    pub app: String,
+    pub name: String,
+    pub plan: DeploymentPlan,
+    version: String,
+    pub replicas: Vec<ReplicaRecord>,
+    pub status: DeploymentStatus,
+    pub message: String,
+    start_failures: u32,
+    last_start_error: Option<String>,
+    retry_at: Option<Instant>,
+    /// Why replicas died since the deployment was last healthy.
+    failed_replicas: Option<String>,
+    /// Replicas that cannot be placed, why, and what is free.
+    pending: Option<(u32, Shortage, String)>,
+    /// The router's view of this deployment (engine deployments only).
+    pub router: Option<Arc<router::Deployment>>,
+    pub deleting: bool,
+    next_slow_warning: Instant,
+    /// New replicas restore a recovered controller's state.
+    recovering: bool,
+    router_ids: Vec<String>,
+}
+
+impl DeploymentState {
+    pub fn new(
+        app: &str,
+        plan: DeploymentPlan,
+        router: Option<Arc<router::Deployment>>,
+        recovering: bool,
+    ) -> Self {
+        let version = plan.code_version();
+        tracing::info!(
+            "Deploying new version of deployment {} in application '{app}'. Setting initial target number of replicas to {}.",
+            plan.name(),
+            plan.config.initial_replicas()
+        );
+        let d = DeploymentState {
+            app: app.to_string(),
+            name: plan.name().to_string(),
+            plan,
+            version,
+            replicas: Vec::new(),
+            status: DeploymentStatus::Updating,
+            message: String::new(),
+            start_failures: 0,
+            last_start_error: None,
+            retry_at: None,
+            failed_replicas: None,
+            pending: None,
+            router,
+            deleting: false,
+            next_slow_warning: Instant::now() + SLOW_START,
+            recovering,
+            router_ids: Vec::new(),
+        };
+        d.apply_limits();
+        d
+    }
+
+    fn is_router(&self) -> bool {
+        matches!(self.plan.kind, DeploymentKind::Router { .. })
+    }
+
+    fn target(&self) -> u32 {
+        if self.deleting {
+            0
+        } else if self.is_router() {
+            1
+        } else {
+            self.plan.config.initial_replicas()
+        }
+    }
+
+    fn graceful(&self) -> (Duration, Duration) {
+        let c = &self.plan.config;
+        (
+            Duration::from_secs_f64(c.graceful_shutdown_wait_loop_s),
+            Duration::from_secs_f64(c.graceful_shutdown_timeout_s),
+        )
+    }
+
+    fn health(&self) -> HealthTimings {
+        let c = &self.plan.config;
+        HealthTimings {
+            period: Duration::from_secs_f64(c.health_check_period_s),
+            timeout: Duration::from_secs_f64(c.health_check_timeout_s),
+        }
+    }
+
+    fn apply_limits(&self) {
+        if let Some(r) = &self.router {
+            let c = &self.plan.config;
+            r.set_limits(router::replicas::Limits {
+                max_ongoing_requests: c.max_ongoing_requests,
+                max_queued_requests: c.max_queued_requests,
+            });
+        }
+    }
+
+    /// Takes a new plan of the same deployment. A new code version rolls
+    /// the replicas; anything else is applied to the running ones.
+    pub fn update(&mut self, plan: DeploymentPlan) {
+        let version = plan.code_version();
+        let old = std::mem::replace(&mut self.plan, plan);
+        self.deleting = false;
+        self.start_failures = 0;
+        self.last_start_error = None;
+        self.retry_at = None;
+        if version != self.version {
+            tracing::info!(
+                "Deploying new version of deployment {} in application '{}'. Setting initial target number of replicas to {}.",
+                self.name,
+                self.app,
+                self.plan.config.initial_replicas()
+            );
+            self.version = version;
+        }
+        let new = &self.plan.config;
+        if new.initial_replicas() != old.config.initial_replicas() {
+            tracing::info!(
+                "Updating target number of replicas of deployment {} in application '{}' from {} to {}.",
+                self.name,
+                self.app,
+                old.config.initial_replicas(),
+                new.initial_replicas()
+            );
+        }
+        self.apply_limits();
+        let health = self.health();
+        let reconfigure = new.user_config != old.config.user_config;
+        for r in self.replicas.iter_mut().filter(|r| !r.stopping) {
+            let _ = r.commands.send(Command::Health(health));
+            if reconfigure {
+                let _ = r
+                    .commands
+                    .send(Command::Reconfigure(self.plan.config.user_config.clone()));
+                if r.version == self.version && r.state == ReplicaStatus::Running {
+                    r.state = ReplicaStatus::Updating;
+                }
+            }
+        }
+    }
+
+    /// Serves through `router` from now on (the same replicas, new
+    /// labels).
+    pub fn set_router(&mut self, router: Option<Arc<router::Deployment>>) {
+        if let (Some(old), Some(new)) = (&self.router, &router) {
+            if let Some(info) = old.info() {
+                new.set_info(info);
+            }
+        }
+        self.router = router;
+        self.router_ids.clear();
+        self.apply_limits();
+    }
+
+    /// Stops every replica; the deployment is gone once they are.
+    pub fn delete(&mut self) {
+        self.deleting = true;
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.deleting && self.replicas.is_empty()
+    }
+
+    /// Whether starts have failed too often to try again.
+    pub fn blocked(&self) -> bool {
+        self.start_failures >= MAX_START_FAILURES
+    }
+
+    pub fn replica_mut(&mut self, id: &str) -> Option<&mut ReplicaRecord> {
+        self.replicas.iter_mut().find(|r| r.id == id)
+    }
+
+    /// A replica's task reported that it could not start.
+    pub fn start_failed(&mut self, id: &str, message: &str) {
+        tracing::error!(
+            "Replica {id} of deployment {} in application '{}' failed to start: {message}",
+            self.name,
+            self.app
+        );
+        let current = self
+            .replica_mut(id)
+            .map(|r| {
+                r.stopping = true;
+                r.state = ReplicaStatus::Stopping;
+                r.version.clone()
+            })
+            .is_some_and(|v| v == self.version);
+        if current && !self.deleting {
+            self.start_failures += 1;
+            self.last_start_error = Some(message.to_string());
+            let backoff = Duration::from_secs(1 << self.start_failures.min(5).saturating_sub(1));
+            self.retry_at = Some(Instant::now() + backoff);
+        }
+    }
+
+    /// A running replica died or failed its health checks.
+    pub fn died(&mut self, id: &str, message: &str, shared: &Shared) {
+        tracing::error!(
+            "Replica {id} of deployment {} in application '{}' is unhealthy: {message}. Replacing it.",
+            self.name,
+            self.app
+        );
+        if let Some(r) = self.replica_mut(id) {
+            r.stopping = true;
+            r.state = ReplicaStatus::Stopping;
+            if let Some(rr) = &r.router {
+                rr.set_state(router::ReplicaState::Unhealthy);
+            }
+        }
+        shared
+            .metrics
+            .serve
+            .deployment_replica_healthy
+            .with_label_values(&[&self.name, id, &self.app])
+            .set(0.0);
+        if !self.deleting {
+            self.failed_replicas = Some(format!("Replica {id} became unhealthy: {message}"));
+        }
+    }
+
+    /// A replica loaded its model and is ready.
+    pub fn running(&mut self, id: &str, shared: &Shared) {
+        let version = self.version.clone();
+        let Some(r) = self.replica_mut(id) else {
+            return;
+        };
+        if r.stopping {
+            return;
+        }
+        r.state = ReplicaStatus::Running;
+        let current = r.version == version;
+        shared
+            .metrics
+            .serve
+            .deployment_replica_healthy
+            .with_label_values(&[&self.name, id, &self.app])
+            .set(1.0);
+        if current {
+            self.start_failures = 0;
+            self.last_start_error = None;
+            self.retry_at = None;
+        }
+    }
+
+    /// A replica's process is gone: its resources are free again.
+    pub fn stopped(&mut self, id: &str, shared: &mut Shared) {
+        if let Some(pos) = self.replicas.iter().position(|r| r.id == id) {
+            let r = self.replicas.remove(pos);
+            shared.allocator.release(&r.allocation);
+            shared
+                .metrics
+                .serve
+                .forget_replica(&self.name, &r.id, &self.app);
+            tracing::info!("Replica {} is stopped.", r.id);
+        }
+    }
+
+    /// One step toward the target.
+    pub fn reconcile(&mut self, shared: &mut Shared) {
+        if self.is_router() {
+            self.status = DeploymentStatus::Healthy;
+            self.message = router_message(&self.plan);
+            return;
+        }
+        let (wait_loop, timeout) = self.graceful();
+        let target = self.target();
+        let version = self.version.clone();
+        // Replicas of an old version that are not up yet are of no use.
+        for r in self.replicas.iter_mut() {
+            if !r.stopping && r.version != version && r.state.is_starting() {
+                r.stop(wait_loop, Duration::ZERO);
+            }
+        }
+        let counts = Counts::of(&self.replicas, &version);
+        // Too many of the current version: the ones starting go first,
+        // then the newest.
+        let mut excess = (counts.serving + counts.starting).saturating_sub(target);
+        if excess > 0 {
+            tracing::info!(
+                "Removing {excess} replicas from deployment '{}' in application '{}'.",
+                self.name,
+                self.app
+            );
+        }
+        for starting_first in [true, false] {
+            for r in self.replicas.iter_mut().rev() {
+                if excess == 0 {
+                    break;
+                }
+                if !r.stopping && r.version == version && r.state.is_starting() == starting_first {
+                    r.stop(wait_loop, timeout);
+                    excess -= 1;
+                }
+            }
+        }
+        let counts = Counts::of(&self.replicas, &version);
+        // Old replicas leave as new ones take over.
+        let mut retire = (counts.serving + counts.old_serving)
+            .saturating_sub(target)
+            .min(counts.old_serving);
+        if retire > 0 {
+            tracing::info!(
+                "Stopping {retire} replicas of deployment '{}' in application '{}' with outdated versions.",
+                self.name,
+                self.app
+            );
+        }
+        for r in self.replicas.iter_mut() {
+            if retire == 0 {
+                break;
+            }
+            if !r.stopping && r.version != version {
+                r.stop(wait_loop, timeout);
+                retire -= 1;
+            }
+        }
+        let counts = Counts::of(&self.replicas, &version);
+        self.start_missing(shared, target, &counts);
+        self.sync_router();
+        self.summarize(target);
+        self.warn_slow_starts();
+    }
+
+    fn start_missing(&mut self, shared: &mut Shared, target: u32, counts: &Counts) {
+        self.pending = None;
+        let missing = target.saturating_sub(counts.serving + counts.starting);
+        if missing == 0 || self.blocked() {
+            return;
+        }
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let rolling = counts.old_serving > 0;
+        let batch = if rolling {
+            (target / 5).max(1).saturating_sub(counts.starting)
+        } else {
+            missing
+        };
+        let batch = batch.min(missing);
+        if batch > 0 {
+            tracing::info!(
+                "Adding {batch} replica{} to deployment {} in application '{}'.",
+                if batch == 1 { "" } else { "s" },
+                self.name,
+                self.app
+            );
+        }
+        for started in 0..batch {
+            if let Err(shortage) = self.start_replica(shared) {
+                let free = available_text(&shared.allocator.available());
+                self.pending = Some((missing - started, shortage, free));
+                // During a rolling update with no room for one more,
+                // make room by retiring an old replica, as long as another
+                // keeps serving.
+                let old_stopping = self
+                    .replicas
+                    .iter()
+                    .any(|r| r.stopping && r.version != self.version);
+                if rolling && counts.old_serving + counts.serving >= 2 && !old_stopping {
+                    let (wait_loop, timeout) = self.graceful();
+                    let version = self.version.clone();
+                    if let Some(r) = self
+                        .replicas
+                        .iter_mut()
+                        .find(|r| !r.stopping && r.version != version)
+                    {
+                        r.stop(wait_loop, timeout);
+                    }
+                }
+                break;
+            }
+        }
+    }
+
+    fn logging(&self, shared: &Shared) -> LoggingConfig {
+        self.plan
+            .config
+            .logging_config
+            .clone()
+            .unwrap_or_else(|| shared.global_logging.clone())
+    }
+
+    fn start_replica(&mut self, shared: &mut Shared) -> Result<(), Shortage> {
+        let DeploymentKind::LlmServer(spec) = &self.plan.kind else {
+            return Ok(());
+        };
+        let options = &self.plan.config.ray_actor_options;
+        let request = ResourceRequest {
+            num_cpus: options.num_cpus,
+            num_gpus: options.num_gpus,
+            memory_bytes: options.memory,
+            resources: options.resources.clone(),
+            accelerator_type: options.accelerator_type.clone(),
+        };
+        let allocation = shared.allocator.allocate(&request)?;
+        let suffix = Alphanumeric.sample_string(&mut rand::rng(), 6);
+        let id = format!("{}#{}#{suffix}", self.app, self.name);
+        let logging = self.logging(shared);
+        let logs_dir = logging
+            .logs_dir
+            .as_ref()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| shared.logs_dir.clone());
+        if let Err(e) = std::fs::create_dir_all(&logs_dir) {
+            tracing::warn!(
+                "cannot create the logs directory {}: {e}",
+                logs_dir.display()
+            );
+        }
+        let log_file = logs_dir.join(sanitize(&format!(
+            "replica_{}_{}_{suffix}.log",
+            self.app, self.name
+        )));
+        let threads = allocation.threads();
+        let mut env = vec![
+            (
+                "CUDA_VISIBLE_DEVICES".to_string(),
+                allocation.cuda_visible_devices(),
+            ),
+            ("OMP_NUM_THREADS".into(), threads.to_string()),
+            (
+                crate::logs::ENCODING_ENV.into(),
+                match logging.encoding {
+                    Encoding::Text => "TEXT".into(),
+                    Encoding::Json => "JSON".into(),
+                },
+            ),
+            (
+                crate::logs::LEVEL_ENV.into(),
+                crate::logs::level_directive(logging.log_level).into(),
+            ),
+            (
+                crate::logs::ACCESS_LOG_ENV.into(),
+                logging.enable_access_log.to_string(),
+            ),
+            (crate::logs::APPLICATION_ENV.into(), self.app.clone()),
+            (crate::logs::DEPLOYMENT_ENV.into(), self.name.clone()),
+        ];
+        if let Some(f) = allocation.gpu_memory_fraction() {
+            env.push((
+                crate::replica::GPU_MEMORY_FRACTION_ENV.into(),
+                f.to_string(),
+            ));
+        }
+        if allocation.memory_bytes > 0.0 {
+            env.push((
+                llm_serve_engine::MEMORY_LIMIT_ENV.into(),
+                format!("{}", allocation.memory_bytes as u64),
+            ));
+        }
+        if let Some(t) = &options.accelerator_type {
+            env.push((crate::replica::ACCELERATOR_TYPE_ENV.into(), t.clone()));
+        }
+        let launch = Launch {
+            replica_id: id.clone(),
+            model_source: spec.model_source.clone(),
+            engine_kwargs: serde_json::Value::Object(spec.engine_kwargs.clone()),
+            threads,
+            env,
+            log_file: log_file.clone(),
+            echo_prefix: shared
+                .echo_logs
+                .then(|| format!("ServeReplica:{}:{}", self.app, self.name)),
+            health: self.health(),
+            graceful_shutdown_timeout: self.graceful().1,
+            user_config: self.plan.config.user_config.clone(),
+        };
+        let commands = replica::start(launch, shared.reports.clone());
+        shared
+            .metrics
+            .serve
+            .deployment_replica_starts
+            .with_label_values(&[&self.name, &id, &self.app])
+            .inc();
+        shared
+            .metrics
+            .serve
+            .deployment_replica_healthy
+            .with_label_values(&[&self.name, &id, &self.app])
+            .set(0.0);
+        shared
+            .owners
+            .insert(id.clone(), (self.app.clone(), self.name.clone()));
+        self.replicas.push(ReplicaRecord {
+            id,
+            actor_id: uuid::Uuid::new_v4().simple().to_string(),
+            version: self.version.clone(),
+            state: if self.recovering {
+                ReplicaStatus::Recovering
+            } else {
+                ReplicaStatus::Starting
+            },
+            pid: None,
+            start_time_s: unix_now(),
+            started: Instant::now(),
+            log_file,
+            commands,
+            router: None,
+            allocation,
+            stopping: false,
+        });
+        Ok(())
+    }
+
+    /// Tells the router which replicas exist and which take requests.
+    fn sync_router(&mut self) {
+        let Some(dep) = &self.router else {
+            return;
+        };
+        let mut changed = false;
+        for r in &self.replicas {
+            let Some(rr) = &r.router else { continue };
+            let want = match r.state {
+                s if s.is_serving() => router::ReplicaState::Ready,
+                s if s.is_starting() => router::ReplicaState::Starting,
+                _ if rr.state() == router::ReplicaState::Unhealthy => {
+                    router::ReplicaState::Unhealthy
+                }
+                _ => router::ReplicaState::Draining,
+            };
+            if rr.state() != want {
+                rr.set_state(want);
+                changed = true;
+            }
+        }
+        let ids: Vec<String> = self
+            .replicas
+            .iter()
+            .filter(|r| r.router.is_some())
+            .map(|r| r.id.clone())
+            .collect();
+        if ids != self.router_ids {
+            dep.set_replicas(
+                self.replicas
+                    .iter()
+                    .filter_map(|r| r.router.clone())
+                    .collect(),
+            );
+            self.router_ids = ids;
+        } else if changed {
+            dep.replicas_changed();
+        }
+        let serving = self.replicas.iter().any(|r| r.state.is_serving());
+        dep.set_problem(match (&self.last_start_error, serving) {
+            (Some(e), false) if self.blocked() => Some(format!(
+                "the deployment failed to start {} times in a row: {e}",
+                self.start_failures
+            )),
+            (Some(e), false) => Some(format!("a replica failed to start (retrying): {e}")),
+            _ => None,
+        });
+    }
+
+    fn summarize(&mut self, target: u32) {
+        let counts = Counts::of(&self.replicas, &self.version);
+        let updating = self
+            .replicas
+            .iter()
+            .any(|r| r.state == ReplicaStatus::Updating);
+        let (status, message) = if self.blocked() {
+            (
+                DeploymentStatus::Unhealthy,
+                format!(
+                    "The deployment failed to start {} times in a row. The last error: {}",
+                    self.start_failures,
+                    self.last_start_error.as_deref().unwrap_or("unknown")
+                ),
+            )
+        } else if counts.serving >= target
+            && counts.starting == 0
+            && counts.old_serving == 0
+            && !updating
+        {
+            self.failed_replicas = None;
+            self.recovering = false;
+            (DeploymentStatus::Healthy, String::new())
+        } else if let Some(m) = &self.failed_replicas {
+            (
+                DeploymentStatus::Unhealthy,
+                format!("{m}; a replacement is starting."),
+            )
+        } else if let Some((n, shortage, free)) = &self.pending {
+            (
+                DeploymentStatus::Updating,
+                format!(
+                    "Deployment '{}' in application '{}' has {n} replica{} that cannot be placed: {shortage}. Resources required for each replica: {}, resources available: {free}.",
+                    self.name,
+                    self.app,
+                    if *n == 1 { "" } else { "s" },
+                    resource_request_text(&self.plan)
+                ),
+            )
+        } else {
+            (DeploymentStatus::Updating, String::new())
+        };
+        if status != self.status {
+            tracing::info!(
+                "Deployment {} in application '{}' is {status}{}",
+                self.name,
+                self.app,
+                if message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {message}")
+                }
+            );
+        }
+        self.status = status;
+        self.message = message;
+    }
+
+    fn warn_slow_starts(&mut self) {
+        let now = Instant::now();
+        if now < self.next_slow_warning {
+            return;
+        }
+        let slow = self
+            .replicas
+            .iter()
+            .filter(|r| r.state.is_starting() && now.duration_since(r.started) > SLOW_START)
+            .count();
+        if slow > 0 {
+            tracing::warn!(
+                "Deployment '{}' in application '{}' has {slow} replicas that have taken more than 30s to initialize. This may be caused by a slow model load (a large model, or a download) or reconfigure.",
+                self.name,
+                self.app
+            );
+            self.next_slow_warning = now + SLOW_START;
+        }
+    }
+
+    /// What `GET /api/serve/applications/` shows of the deployment.
+    pub fn details(&self, shared: &Shared) -> DeploymentDetails {
+        let replicas = if self.is_router() {
+            vec![ReplicaDetails {
+                actor: shared.proxy_actor(),
+                replica_id: format!("{}#{}#proxy", self.app, self.name),
+                state: ReplicaStatus::Running,
+                start_time_s: shared.started_s,
+            }]
+        } else {
+            self.replicas
+                .iter()
+                .map(|r| ReplicaDetails {
+                    actor: super::status::ActorDetails {
+                        node_id: shared.node_id.clone(),
+                        node_ip: shared.node_ip.clone(),
+                        actor_id: r.actor_id.clone(),
+                        actor_name: format!("SERVE_REPLICA::{}", r.id),
+                        worker_id: None,
+                        log_file_path: r.log_file.display().to_string(),
+                        pid: r.pid,
+                    },
+                    replica_id: r.id.clone(),
+                    state: r.state,
+                    start_time_s: r.start_time_s,
+                })
+                .collect()
+        };
+        DeploymentDetails {
+            name: self.name.clone(),
+            status: self.status,
+            message: self.message.clone(),
+            deployment_config: self.plan.config.clone(),
+            target_num_replicas: self.target(),
+            replicas,
+        }
+    }
+}
+
+/// Live (not stopping) replicas by kind.
+struct Counts {
+    serving: u32,
+    starting: u32,
+    old_serving: u32,
+}
+
+impl Counts {
+    fn of(replicas: &[ReplicaRecord], version: &str) -> Self {
+        let mut c = Counts {
+            serving: 0,
+            starting: 0,
+            old_serving: 0,
+        };
+        for r in replicas.iter().filter(|r| !r.stopping) {
+            match (r.version == version, r.state.is_serving()) {
+                (true, true) => c.serving += 1,
+                (true, false) => c.starting += 1,
+                (false, true) => c.old_serving += 1,
+                (false, false) => {}
+            }
+        }
+        c
+    }
+}
+
+fn resource_request_text(plan: &DeploymentPlan) -> String {
+    let o = &plan.config.ray_actor_options;
+    ResourceRequest {
+        num_cpus: o.num_cpus,
+        num_gpus: o.num_gpus,
+        memory_bytes: o.memory,
+        resources: o.resources.clone(),
+        accelerator_type: o.accelerator_type.clone(),
+    }
+    .describe()
+}
+
+fn available_text(free: &std::collections::BTreeMap<String, f64>) -> String {
+    let parts: Vec<String> = free.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect();
+    format!("{{{}}}", parts.join(", "))
+}
+
+/// The router deployment lives in the proxy; say so when a config asks
+/// it for replicas it will not get.
+fn router_message(plan: &DeploymentPlan) -> String {
+    match (plan.config.num_replicas, &plan.config.autoscaling_config) {
+        (Some(1), None) => String::new(),
+        _ => "LLMRouter runs inside the HTTP proxy (one per node); its num_replicas and autoscaling_config do not apply.".into(),
+    }
+}
+
+/// A file name from `name`: anything unusual becomes `_`.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-#:".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

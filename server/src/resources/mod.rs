@@ -1,0 +1,11 @@
+//! The node's resources and their allocation to replicas, as Ray
+//! schedules actors: CPUs, memory, GPUs (fractions of one GPU allowed, so
+//! two `num_gpus: 0.5` replicas share a device) and custom resources.
+
+mod allocator;
+mod inventory;
+
+pub use allocator::{Allocation, Allocator, ResourceRequest, Shortage};
+#[cfg(test)]
+pub use inventory::Gpu;
+pub use inventory::{NodeResources, Overrides};
