@@ -40,6 +40,7 @@ async fn serve(args: ReplicaArgs, cfg: EngineConfig, threads: usize) -> Result<(
         .with_context(|| format!("cannot bind {}:{}", args.host, args.port))?;
     let port = listener.local_addr()?.port();
     let state = ReplicaState::new(&args.model);
+    state.set_access_log(crate::logs::access_log_enabled());
     let service = ReplicaService::new(state.clone()).into_server();
     ReplicaEvent::Listening { port }.emit();
     tracing::info!(replica = %args.replica_id, port, threads, "replica listening; loading {}", args.model);

@@ -19,9 +19,27 @@ pub struct Generation {
     pub events: BoxStream<'static, Result<Event, ApiError>>,
 }
 
-/// Statuses after which another replica may well succeed.
+/// Statuses after which another replica may well succeed, before the
+/// request has started there: the replica refused it (draining,
+/// loading) or its connection broke (it died; the channel has not
+/// noticed yet).
 fn retryable(s: &tonic::Status) -> bool {
-    matches!(s.code(), Code::Unavailable)
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Cancelled | Code::Unknown
+    )
+}
+
+/// The client's error for a replica failure; a broken connection means
+/// the replica died under the request.
+fn replica_error(s: &tonic::Status) -> ApiError {
+    match s.code() {
+        Code::Cancelled | Code::Unknown => ApiError::unavailable(format!(
+            "The replica serving this request failed before it finished ({}); retry the request.",
+            s.message()
+        )),
+        _ => ApiError::from_status(s),
+    }
 }
 
 /// Runs `request` on a replica of `deployment`.
@@ -33,8 +51,26 @@ pub async fn start(
     loop {
         let mut inflight = deployment.pick(&tried).await?;
         let mut client = inflight.replica.client();
-        let mut stream = match client.generate(request.clone()).await {
-            Ok(r) => r.into_inner(),
+        let first = match client.generate(request.clone()).await {
+            Ok(r) => {
+                let mut stream = r.into_inner();
+                stream.message().await.map(|m| (stream, m))
+            }
+            Err(s) => Err(s),
+        };
+        let (stream, started) = match first {
+            Ok((
+                stream,
+                Some(pb::GenerateEvent {
+                    event: Some(Event::Started(s)),
+                }),
+            )) => (stream, s),
+            Ok(_) => {
+                inflight.mark_failed();
+                return Err(ApiError::internal(
+                    "the replica's stream did not start with `started`",
+                ));
+            }
             Err(s) if retryable(&s) => {
                 tracing::warn!(
                     replica = %inflight.replica.id,
@@ -42,27 +78,13 @@ pub async fn start(
                     "replica cannot take the request ({}); trying another",
                     s.message()
                 );
+                inflight.mark_failed();
                 tried.push(inflight.replica.id.clone());
                 continue;
             }
             Err(s) => {
                 inflight.mark_failed();
-                return Err(ApiError::from_status(&s));
-            }
-        };
-        let started = match stream.message().await {
-            Ok(Some(pb::GenerateEvent {
-                event: Some(Event::Started(s)),
-            })) => s,
-            Ok(_) => {
-                inflight.mark_failed();
-                return Err(ApiError::internal(
-                    "the replica's stream did not start with `started`",
-                ));
-            }
-            Err(s) => {
-                inflight.mark_failed();
-                return Err(ApiError::from_status(&s));
+                return Err(replica_error(&s));
             }
         };
         return Ok(Generation {
@@ -93,7 +115,7 @@ fn events(
             Ok(None) => {
                 ApiError::internal("the replica's stream ended before the request finished")
             }
-            Err(s) => ApiError::from_status(&s),
+            Err(s) => replica_error(&s),
         };
         inflight.mark_failed();
         Some((Err(error), None))

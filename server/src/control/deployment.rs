@@ -402,38 +402,52 @@ impl DeploymentState {
             missing
         };
         let batch = batch.min(missing);
-        if batch > 0 {
+        let mut started = 0;
+        while started < batch {
+            match self.start_replica(shared) {
+                Ok(()) => started += 1,
+                Err(shortage) => {
+                    let free = available_text(&shared.allocator.available());
+                    self.pending = Some((missing - started, shortage, free));
+                    self.make_room(rolling, counts);
+                    break;
+                }
+            }
+        }
+        if started > 0 {
             tracing::info!(
-                "Adding {batch} replica{} to deployment {} in application '{}'.",
-                if batch == 1 { "" } else { "s" },
+                "Adding {started} replica{} to deployment {} in application '{}'.",
+                if started == 1 { "" } else { "s" },
                 self.name,
                 self.app
             );
         }
-        for started in 0..batch {
-            if let Err(shortage) = self.start_replica(shared) {
-                let free = available_text(&shared.allocator.available());
-                self.pending = Some((missing - started, shortage, free));
-                // During a rolling update with no room for one more,
-                // make room by retiring an old replica, as long as another
-                // keeps serving.
-                let old_stopping = self
-                    .replicas
-                    .iter()
-                    .any(|r| r.stopping && r.version != self.version);
-                if rolling && counts.old_serving + counts.serving >= 2 && !old_stopping {
-                    let (wait_loop, timeout) = self.graceful();
-                    let version = self.version.clone();
-                    if let Some(r) = self
-                        .replicas
-                        .iter_mut()
-                        .find(|r| !r.stopping && r.version != version)
-                    {
-                        r.stop(wait_loop, timeout);
-                    }
-                }
-                break;
-            }
+    }
+
+    /// During a rolling update with no room for one more replica, retires
+    /// an old one to make room, as long as another keeps serving.
+    fn make_room(&mut self, rolling: bool, counts: &Counts) {
+        let old_stopping = self
+            .replicas
+            .iter()
+            .any(|r| r.stopping && r.version != self.version);
+        if !rolling || counts.old_serving + counts.serving < 2 || old_stopping {
+            return;
+        }
+        let (wait_loop, timeout) = self.graceful();
+        let version = self.version.clone();
+        if let Some(r) = self
+            .replicas
+            .iter_mut()
+            .find(|r| !r.stopping && r.version != version)
+        {
+            tracing::info!(
+                "Stopping replica {} of deployment '{}' in application '{}' (outdated version) to make room for a new one.",
+                r.id,
+                self.name,
+                self.app
+            );
+            r.stop(wait_loop, timeout);
         }
     }
 

@@ -236,10 +236,10 @@ impl Controller {
                 _ = tick.tick() => {
                     self.reconcile();
                     if self.shutdown.is_some() && self.apps.is_empty() {
+                        tracing::info!("The controller stopped: every replica is stopped.");
                         if let Some(tx) = self.shutdown.take() {
                             let _ = tx.send(());
                         }
-                        tracing::info!("The controller stopped: every replica is stopped.");
                         return;
                     }
                 }

@@ -210,11 +210,9 @@ async fn run(
                 };
                 // Let the log copier catch the last lines.
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let last = last_lines(&tail);
-                let message = if last.is_empty() {
-                    format!("the replica process exited ({status})")
-                } else {
-                    format!("the replica process exited ({status}): {last}")
+                let message = match last_error(&tail) {
+                    Some(e) => format!("the replica process exited ({status}): {e}"),
+                    None => format!("the replica process exited ({status})"),
                 };
                 report.send(if running {
                     Report::Died { message }
@@ -353,13 +351,18 @@ async fn drain(r: &Replica, id: &str, wait_loop: Duration, timeout: Duration) {
     }
 }
 
-fn last_lines(tail: &Mutex<VecDeque<String>>) -> String {
+/// The replica's own last error line, when it wrote one (`error: ...`
+/// from the command, or an ERROR log line).
+fn last_error(tail: &Mutex<VecDeque<String>>) -> Option<String> {
     let t = tail.lock().unwrap_or_else(|p| p.into_inner());
-    // The replica's own error line, when it printed one, says it best.
-    if let Some(e) = t.iter().rev().find(|l| l.starts_with("error: ")) {
-        return e.clone();
-    }
-    t.iter().cloned().collect::<Vec<_>>().join(" | ")
+    t.iter()
+        .rev()
+        .find(|l| {
+            l.starts_with("error: ")
+                || l.starts_with("ERROR ")
+                || l.contains("\"levelname\":\"ERROR\"")
+        })
+        .cloned()
 }
 
 /// Copies a replica's stderr into its log file (and our stderr, with a

@@ -170,8 +170,17 @@ impl Proxy {
                 status.as_u16()
             );
         }
-        // The ongoing-requests gauge drops when the body is done.
-        let timeout = self.options.request_timeout.map(|t| started + t);
+        // The ongoing-requests gauge drops when the body is done; a stream
+        // still going at the request timeout is cut there.
+        let streaming = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let timeout = self
+            .options
+            .request_timeout
+            .filter(|_| streaming)
+            .map(|t| started + t);
         let (parts, body) = response.into_parts();
         Response::from_parts(parts, guarded_body(body, ongoing, timeout, request_id))
     }
