@@ -168,11 +168,25 @@ where
             let mut obj = serde_json::Map::new();
             obj.insert("levelname".into(), level.into());
             obj.insert("asctime".into(), time.to_string().into());
-            obj.insert(
-                "deployment".into(),
-                deployment.unwrap_or_else(|| name.to_string()).into(),
-            );
-            obj.insert("replica".into(), replica.unwrap_or(id).into());
+            match component {
+                Component::Replica { .. } => {
+                    obj.insert(
+                        "deployment".into(),
+                        deployment.unwrap_or_else(|| name.to_string()).into(),
+                    );
+                    obj.insert("replica".into(), replica.unwrap_or(id).into());
+                }
+                _ => {
+                    obj.insert("component_name".into(), name.into());
+                    obj.insert("component_id".into(), id.into());
+                    if let Some(d) = deployment {
+                        obj.insert("deployment".into(), d.into());
+                    }
+                    if let Some(r) = replica {
+                        obj.insert("replica".into(), r.into());
+                    }
+                }
+            }
             for (k, v) in [
                 ("request_id", request_id),
                 ("route", route),

@@ -95,6 +95,11 @@ impl ReplicaChild {
         self.child.id()
     }
 
+    /// SIGKILL, and waits for the exit.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// SIGTERM (the replica drains), then SIGKILL after `grace`.
     pub async fn stop(&mut self, grace: Duration) {
         #[cfg(unix)]

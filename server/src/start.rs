@@ -228,15 +228,15 @@ pub fn run(args: RunArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("cannot read {}", args.config.display()))?;
     let base_dir = args.config.parent().filter(|p| !p.as_os_str().is_empty());
-    let checked = crate::config::check(crate::config::parse_text(&text)?, base_dir)
+    let mut checked = crate::config::check(crate::config::parse_text(&text)?, base_dir)
         .with_context(|| format!("{} is not a valid deploy config", args.config.display()))?;
-    let mut http = checked.config.http_options.clone();
     if let Some(h) = &args.http_host {
-        http.host = h.clone();
+        checked.config.http_options.host = h.clone();
     }
     if let Some(p) = args.http_port {
-        http.port = p;
+        checked.config.http_options.port = p;
     }
+    let http = checked.config.http_options.clone();
     let mut s = settings(
         &args.daemon,
         http,

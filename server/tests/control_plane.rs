@@ -292,6 +292,39 @@ fn a_killed_replica_is_replaced_while_the_other_serves() {
 }
 
 #[test]
+fn a_replica_failing_its_health_checks_is_replaced() {
+    let _serial = serial();
+    let d = Daemon::start(&[]);
+    d.deploy_ok(&one_app(
+        "h",
+        "/",
+        "{health_check_period_s: 0.5, health_check_timeout_s: 0.5, ray_actor_options: {num_cpus: 0.5}}",
+    ));
+    d.wait_app("h", "RUNNING", UP);
+    let victim = d.replica_pids("h", SERVER)[0];
+    // A frozen process answers nothing.
+    kill(victim, libc::SIGSTOP);
+    wait_until("the frozen replica to be replaced", UP, || {
+        let pids = d.replica_pids("h", SERVER);
+        d.app_status("h") == "RUNNING" && pids.len() == 1 && pids[0] != victim
+    });
+    wait_until(
+        "the frozen replica to be killed",
+        Duration::from_secs(10),
+        || !alive(victim),
+    );
+    let log = std::fs::read_to_string(
+        d.details()["controller_info"]["log_file_path"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(log.contains("failed 3 health checks in a row"), "{log}");
+    let (code, body) = chat(&d.http, 4);
+    assert_eq!(code, 200, "{body}");
+}
+
+#[test]
 fn lightweight_updates_keep_replicas_and_code_updates_roll_them() {
     let _serial = serial();
     let d = Daemon::start(&[]);

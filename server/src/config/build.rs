@@ -295,6 +295,14 @@ fn model_spec(c: &LlmConfig, path: &str) -> Result<ModelSpec, ConfigError> {
             ))
         }
     };
+    if let Some(t) = &m.tokenizer_source {
+        if t != &model_source && t != &m.model_id {
+            return Err(ConfigError::at(
+                format!("{path}.model_loading_config.tokenizer_source"),
+                format!("a tokenizer from another source than the model (\"{t}\") is not supported yet: the tokenizer comes with the model; leave tokenizer_source out"),
+            ));
+        }
+    }
     if let Some(engine) = &c.llm_engine {
         if !ENGINE_NAMES.iter().any(|n| n.eq_ignore_ascii_case(engine)) {
             return Err(ConfigError::at(

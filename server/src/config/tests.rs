@@ -259,3 +259,33 @@ fn code_version_changes_with_code_not_with_lightweight_options() {
     assert_ne!(a.code_version(), kwargs.code_version());
     assert_ne!(a.code_version(), actor.code_version());
 }
+
+#[test]
+fn the_example_configs_check() {
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs"));
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let checked = check(parse_text(&text).unwrap(), path.parent())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(!checked.apps.is_empty());
+        seen += 1;
+    }
+    assert!(seen >= 4, "{seen} example configs");
+}
+
+#[test]
+fn a_tokenizer_from_elsewhere_is_refused() {
+    let mut c = llm("m", json!({}));
+    c["model_loading_config"]["tokenizer_source"] = json!("other/tokenizer");
+    let value = json!({"applications": [app("a", "/", vec![c])]});
+    let e = check(value, None).unwrap_err();
+    assert_eq!(
+        e.path,
+        "applications[0].args.llm_configs[0].model_loading_config.tokenizer_source"
+    );
+}

@@ -74,7 +74,7 @@ pub struct DeploymentState {
     /// Why replicas died since the deployment was last healthy.
     failed_replicas: Option<String>,
     /// Replicas that cannot be placed, why, and what is free.
-    pending: Option<(u32, Shortage, String)>,
+    pending: Option<(u32, String, String)>,
     /// The router's view of this deployment (engine deployments only).
     pub router: Option<Arc<router::Deployment>>,
     pub deleting: bool,
@@ -396,6 +396,19 @@ impl DeploymentState {
             return;
         }
         let rolling = counts.old_serving > 0;
+        if let Some(cap) = self.plan.config.max_replicas_per_node {
+            // One node: the cap is the most replicas this deployment gets.
+            let live = self.replicas.iter().filter(|r| !r.stopping).count() as u32;
+            if live >= cap {
+                self.pending = Some((
+                    missing,
+                    format!("max_replicas_per_node is {cap} and this is the only node"),
+                    available_text(&shared.allocator.available()),
+                ));
+                self.make_room(rolling, counts);
+                return;
+            }
+        }
         let batch = if rolling {
             (target / 5).max(1).saturating_sub(counts.starting)
         } else {
@@ -408,7 +421,7 @@ impl DeploymentState {
                 Ok(()) => started += 1,
                 Err(shortage) => {
                     let free = available_text(&shared.allocator.available());
-                    self.pending = Some((missing - started, shortage, free));
+                    self.pending = Some((missing - started, shortage.to_string(), free));
                     self.make_room(rolling, counts);
                     break;
                 }

@@ -234,7 +234,7 @@ async fn run(
                             report.send(Report::Died {
                                 message: format!("the replica failed {failures} health checks in a row (last: {why})"),
                             });
-                            child.stop(KILL_GRACE).await;
+                            child.kill().await;
                             report.send(Report::Stopped);
                             return;
                         }
