@@ -100,6 +100,9 @@ pub struct DeploymentLabels {
 pub struct Limits {
     pub max_ongoing_requests: u64,
     pub max_queued_requests: i64,
+    /// With no replica ready, queue (a replica is on its way: scaling up
+    /// from zero) rather than answer 503.
+    pub wait_for_replicas: bool,
 }
 
 impl Default for Limits {
@@ -107,6 +110,7 @@ impl Default for Limits {
         Limits {
             max_ongoing_requests: u64::MAX,
             max_queued_requests: -1,
+            wait_for_replicas: false,
         }
     }
 }
@@ -341,7 +345,8 @@ impl Deployment {
     /// those below `max_ongoing_requests`. When every ready replica is at
     /// its limit the request waits here, up to `max_queued_requests`
     /// waiting (then a 503, Serve's backpressure); with no ready replica
-    /// at all, a 503 saying why.
+    /// at all, a 503 saying why (or, for a deployment scaled to zero, the
+    /// request waits for the replica it wakes).
     pub async fn pick(&self, exclude: &[String]) -> Result<InFlight, ApiError> {
         let mut queued: Option<Queued> = None;
         loop {
@@ -352,7 +357,13 @@ impl Deployment {
                 .into_iter()
                 .filter(|r| r.state() == ReplicaState::Ready && !exclude.contains(&r.id))
                 .collect();
-            if ready.is_empty() {
+            let has_problem = self
+                .problem
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some();
+            let wait = limits.wait_for_replicas && !has_problem;
+            if ready.is_empty() && !wait {
                 return Err(self.none_ready());
             }
             let room: Vec<&Arc<Replica>> = ready

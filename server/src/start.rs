@@ -237,6 +237,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         checked.config.http_options.port = p;
     }
     let http = checked.config.http_options.clone();
+    if let Some(obj) = checked.value.as_object_mut() {
+        obj.insert("http_options".into(), serde_json::to_value(&http)?);
+    }
     let mut s = settings(
         &args.daemon,
         http,

@@ -411,6 +411,59 @@ fn lightweight_updates_keep_replicas_and_code_updates_roll_them() {
 }
 
 #[test]
+fn autoscaling_follows_the_load_down_to_zero_and_back() {
+    let _serial = serial();
+    let d = Daemon::start(&["--num-cpus", "8"]);
+    d.deploy_ok(&one_app(
+        "auto",
+        "/",
+        "{autoscaling_config: {min_replicas: 0, initial_replicas: 1, max_replicas: 2, target_ongoing_requests: 1, upscale_delay_s: 0.5, downscale_delay_s: 2, metrics_interval_s: 0.2, look_back_period_s: 1}, ray_actor_options: {num_cpus: 0.5}}",
+    ));
+    let replica_states = |d: &Daemon| {
+        d.status()["applications"]["auto"]["deployments"][SERVER]["replica_states"].clone()
+    };
+    wait_until("one replica", UP, || {
+        replica_states(&d) == json!({"RUNNING": 1})
+    });
+    // Four clients, one request each at a time: 4 ongoing against a
+    // target of 1 per replica, so up to max_replicas.
+    let traffic = Traffic::start(&d.http, 4);
+    wait_until("two replicas under load", UP, || {
+        replica_states(&d) == json!({"RUNNING": 2})
+    });
+    let results = traffic.finish();
+    assert!(results.iter().all(|(_, c, _)| *c == 200));
+    // Quiet: down to zero replicas.
+    wait_until("zero replicas when idle", UP, || {
+        let st = d.status();
+        let dep = &st["applications"]["auto"]["deployments"][SERVER];
+        dep["replica_states"] == json!({}) && dep["status"] == "HEALTHY"
+    });
+    assert_eq!(d.app_status("auto"), "RUNNING");
+    // A request wakes a replica and waits for it.
+    let (code, body) = chat(&d.http, 4);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(replica_states(&d), json!({"RUNNING": 1}));
+    let log = std::fs::read_to_string(
+        d.details()["controller_info"]["log_file_path"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        log.contains(
+            "Upscaling deployment LLMServer:smollm2 in application 'auto' from 1 to 2 replicas"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("Downscaling deployment LLMServer:smollm2 in application 'auto'"),
+        "{log}"
+    );
+    assert!(log.contains("from 0 to 1 replicas"), "{log}");
+}
+
+#[test]
 fn a_missing_model_fails_the_deploy_and_a_typo_changes_nothing() {
     let _serial = serial();
     let d = Daemon::start(&[]);

@@ -4,6 +4,7 @@
 //! an old one stops), retrying failed starts with a backoff and giving up
 //! after a few, and summing it all up as a status and a message.
 
+use super::autoscaler::Autoscaler;
 use super::replica::{self, Command, HealthTimings, Launch};
 use super::status::{DeploymentDetails, DeploymentStatus, ReplicaDetails, ReplicaStatus};
 use super::Shared;
@@ -82,6 +83,9 @@ pub struct DeploymentState {
     /// New replicas restore a recovered controller's state.
     recovering: bool,
     router_ids: Vec<String>,
+    /// Replicas wanted: `num_replicas`, or the autoscaler's choice.
+    target: u32,
+    autoscaler: Option<Autoscaler>,
 }
 
 impl DeploymentState {
@@ -97,6 +101,12 @@ impl DeploymentState {
             plan.name(),
             plan.config.initial_replicas()
         );
+        let target = plan.config.initial_replicas();
+        let autoscaler = plan
+            .config
+            .autoscaling_config
+            .as_ref()
+            .map(|_| Autoscaler::new());
         let d = DeploymentState {
             app: app.to_string(),
             name: plan.name().to_string(),
@@ -115,6 +125,8 @@ impl DeploymentState {
             next_slow_warning: Instant::now() + SLOW_START,
             recovering,
             router_ids: Vec::new(),
+            target,
+            autoscaler,
         };
         d.apply_limits();
         d
@@ -130,7 +142,7 @@ impl DeploymentState {
         } else if self.is_router() {
             1
         } else {
-            self.plan.config.initial_replicas()
+            self.target
         }
     }
 
@@ -156,6 +168,11 @@ impl DeploymentState {
             r.set_limits(router::replicas::Limits {
                 max_ongoing_requests: c.max_ongoing_requests,
                 max_queued_requests: c.max_queued_requests,
+                // Scaled to zero, requests wait for the replica they wake.
+                wait_for_replicas: c
+                    .autoscaling_config
+                    .as_ref()
+                    .is_some_and(|a| a.min_replicas == 0),
             });
         }
     }
@@ -179,14 +196,28 @@ impl DeploymentState {
             self.version = version;
         }
         let new = &self.plan.config;
-        if new.initial_replicas() != old.config.initial_replicas() {
+        // A fixed count is taken as is; with autoscaling the current
+        // target stays, within the new bounds.
+        let target = match (&new.autoscaling_config, new.num_replicas) {
+            (Some(a), _) => self
+                .target
+                .clamp(a.min_replicas, a.max_replicas.max(a.min_replicas)),
+            (None, Some(n)) => n,
+            (None, None) => 1,
+        };
+        if new.autoscaling_config.is_none() {
+            self.autoscaler = None;
+        } else if self.autoscaler.is_none() {
+            self.autoscaler = Some(Autoscaler::new());
+        }
+        if target != self.target {
             tracing::info!(
-                "Updating target number of replicas of deployment {} in application '{}' from {} to {}.",
+                "Updating target number of replicas of deployment {} in application '{}' from {} to {target}.",
                 self.name,
                 self.app,
-                old.config.initial_replicas(),
-                new.initial_replicas()
+                self.target
             );
+            self.target = target;
         }
         self.apply_limits();
         let health = self.health();
@@ -327,6 +358,7 @@ impl DeploymentState {
             self.message = router_message(&self.plan);
             return;
         }
+        self.autoscale();
         let (wait_loop, timeout) = self.graceful();
         let target = self.target();
         let version = self.version.clone();
@@ -384,6 +416,47 @@ impl DeploymentState {
         self.sync_router();
         self.summarize(target);
         self.warn_slow_starts();
+    }
+
+    /// Lets the autoscaler move the target, from the requests in flight
+    /// at this deployment's replicas and queued for them.
+    fn autoscale(&mut self) {
+        let (Some(scaler), Some(config), Some(router)) = (
+            self.autoscaler.as_mut(),
+            self.plan.config.autoscaling_config.as_ref(),
+            self.router.as_ref(),
+        ) else {
+            return;
+        };
+        if self.deleting {
+            return;
+        }
+        let now = Instant::now();
+        let ongoing: u32 =
+            router.replicas().iter().map(|r| r.ongoing()).sum::<u32>() + router.queued();
+        scaler.observe(
+            config,
+            now,
+            f64::from(ongoing),
+            self.target == 0 && ongoing > 0,
+        );
+        let running = self
+            .replicas
+            .iter()
+            .filter(|r| !r.stopping && r.state.is_serving())
+            .count() as u32;
+        let decided = scaler.decide(config, now, self.target, running);
+        if decided != self.target {
+            tracing::info!(
+                "{} deployment {} in application '{}' from {} to {decided} replicas. Current ongoing requests: {:.2}, current running replicas: {running}.",
+                if decided > self.target { "Upscaling" } else { "Downscaling" },
+                self.name,
+                self.app,
+                self.target,
+                scaler.average().unwrap_or(0.0)
+            );
+            self.target = decided;
+        }
     }
 
     fn start_missing(&mut self, shared: &mut Shared, target: u32, counts: &Counts) {

@@ -8,6 +8,7 @@
 //! CLI talk to it through a `ControllerHandle`.
 
 mod application;
+mod autoscaler;
 pub mod checkpoint;
 mod deployment;
 mod replica;
@@ -198,13 +199,8 @@ impl Controller {
         match crate::config::check(config, None) {
             Ok(checked) => {
                 tracing::info!(
-                    "Recovering {} application(s) from the checkpoint in {}.",
-                    checked.apps.len(),
-                    self.options
-                        .checkpoint
-                        .as_ref()
-                        .map(|_| "the state directory")
-                        .unwrap_or_default()
+                    "Recovering {} application(s) from the checkpoint.",
+                    checked.apps.len()
                 );
                 self.apply(checked, Some(&goal.deployed_s), true);
             }
@@ -348,35 +344,36 @@ impl Controller {
         self.save_goal();
     }
 
-    /// HTTP, gRPC and proxy settings are fixed when the daemon starts, as
-    /// in Ray Serve; a config that asks for others is told so in the log.
+    /// HTTP and proxy settings are fixed when the daemon starts, as in
+    /// Ray Serve; a config that sets others is told so in the log.
     fn check_globals(&self, checked: &Checked) {
-        let c = &checked.config;
-        let running = &self.options.http_options;
-        let mut differ = Vec::new();
-        if c.http_options.host != running.host {
-            differ.push("host");
-        }
-        if c.http_options.port != running.port {
-            differ.push("port");
-        }
-        if c.http_options.request_timeout_s != running.request_timeout_s {
-            differ.push("request_timeout_s");
-        }
-        if c.http_options.keep_alive_timeout_s != running.keep_alive_timeout_s {
-            differ.push("keep_alive_timeout_s");
-        }
+        let running = serde_json::to_value(&self.options.http_options).unwrap_or(Value::Null);
+        let same = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => a == b,
+        };
+        let differ: Vec<&String> = checked
+            .value
+            .get("http_options")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| !same(v, running.get(k.as_str()).unwrap_or(&Value::Null)))
+            .map(|(k, _)| k)
+            .collect();
         if !differ.is_empty() {
             tracing::warn!(
                 "The new config's http_options differ from the running ones in {differ:?}. http_options are set when llm-serve starts and cannot be updated at runtime; the new values are ignored (running: {}:{}).",
-                running.host,
-                running.port
+                self.options.http_options.host,
+                self.options.http_options.port
             );
         }
-        if c.proxy_location != self.options.proxy_location {
+        if checked.value.get("proxy_location").is_some()
+            && checked.config.proxy_location != self.options.proxy_location
+        {
             tracing::warn!(
                 "proxy_location {} is ignored: it is set when llm-serve starts ({}).",
-                c.proxy_location.as_str(),
+                checked.config.proxy_location.as_str(),
                 self.options.proxy_location.as_str()
             );
         }
