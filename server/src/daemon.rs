@@ -114,8 +114,9 @@ impl StateLock {
 }
 
 /// Runs the daemon until a signal or a shutdown request. `initial` is
-/// deployed once everything listens; `report_ready` is called then (with
-/// the controller, to follow the deploy).
+/// deployed once everything listens (and `Deployed Serve app
+/// successfully.` logged once it runs); `on_interrupt_message` is printed
+/// when a signal stops it (`run`'s Ctrl-C line).
 pub async fn run(
     s: Settings,
     initial: Option<Checked>,

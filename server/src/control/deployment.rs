@@ -807,15 +807,12 @@ impl DeploymentState {
             self.replicas
                 .iter()
                 .map(|r| ReplicaDetails {
-                    actor: super::status::ActorDetails {
-                        node_id: shared.node_id.clone(),
-                        node_ip: shared.node_ip.clone(),
-                        actor_id: r.actor_id.clone(),
-                        actor_name: format!("SERVE_REPLICA::{}", r.id),
-                        worker_id: None,
-                        log_file_path: r.log_file.display().to_string(),
-                        pid: r.pid,
-                    },
+                    actor: shared.actor(
+                        &r.actor_id,
+                        format!("SERVE_REPLICA::{}", r.id),
+                        &r.log_file,
+                        r.pid,
+                    ),
                     replica_id: r.id.clone(),
                     state: r.state,
                     start_time_s: r.start_time_s,

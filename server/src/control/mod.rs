@@ -71,17 +71,33 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The proxy, as an actor.
-    pub fn proxy_actor(&self) -> ActorDetails {
+    /// A process of this node, as Serve describes an actor.
+    pub fn actor(
+        &self,
+        actor_id: &str,
+        actor_name: String,
+        log_file: &std::path::Path,
+        pid: Option<u32>,
+    ) -> ActorDetails {
         ActorDetails {
             node_id: self.node_id.clone(),
             node_ip: self.node_ip.clone(),
-            actor_id: self.proxy_actor_id.clone(),
-            actor_name: format!("SERVE_CONTROLLER_ACTOR:SERVE_PROXY_ACTOR-{}", self.node_id),
+            actor_id: actor_id.to_string(),
+            actor_name,
             worker_id: None,
-            log_file_path: self.proxy_log.display().to_string(),
-            pid: Some(std::process::id()),
+            log_file_path: log_file.display().to_string(),
+            pid,
         }
+    }
+
+    /// The proxy, as an actor.
+    pub fn proxy_actor(&self) -> ActorDetails {
+        self.actor(
+            &self.proxy_actor_id,
+            format!("SERVE_CONTROLLER_ACTOR:SERVE_PROXY_ACTOR-{}", self.node_id),
+            &self.proxy_log,
+            Some(std::process::id()),
+        )
     }
 }
 
@@ -484,15 +500,12 @@ impl Controller {
             );
         }
         InstanceDetails {
-            controller_info: ActorDetails {
-                node_id: s.node_id.clone(),
-                node_ip: s.node_ip.clone(),
-                actor_id: self.actor_id.clone(),
-                actor_name: "SERVE_CONTROLLER_ACTOR".into(),
-                worker_id: None,
-                log_file_path: self.options.controller_log.display().to_string(),
-                pid: Some(std::process::id()),
-            },
+            controller_info: s.actor(
+                &self.actor_id,
+                "SERVE_CONTROLLER_ACTOR".into(),
+                &self.options.controller_log,
+                Some(std::process::id()),
+            ),
             proxy_location: Some(self.options.proxy_location.as_str().to_string()),
             http_options: Some(self.options.http_options.clone()),
             grpc_options: Some(self.options.grpc_options.clone()),
