@@ -277,10 +277,6 @@ impl Deployment {
         })
     }
 
-    pub fn labels(&self) -> &DeploymentLabels {
-        &self.accounting.labels
-    }
-
     pub fn replicas(&self) -> Vec<Arc<Replica>> {
         self.replicas
             .read()
