@@ -72,8 +72,12 @@ async fn delete_all(State(s): State<Arc<AdminState>>) -> StatusCode {
     StatusCode::OK
 }
 
+/// `llm-serve shutdown`: Serve's shutdown deletes every application (so a
+/// later `start` on the same state dir brings none back), then the daemon
+/// stops.
 async fn shutdown(State(s): State<Arc<AdminState>>) -> StatusCode {
     tracing::info!("Shutdown requested through the admin API.");
+    s.controller.delete_all().await;
     s.shutdown.notify_one();
     StatusCode::OK
 }

@@ -637,6 +637,12 @@ fn shutdown_and_run_stop_everything_they_started() {
     for p in replicas {
         assert!(!alive(p), "replica {p} outlived shutdown");
     }
+    // Shutdown deleted the applications: a new daemon on the same state
+    // dir brings none back.
+    d.start_again();
+    assert_eq!(d.details()["applications"], json!({}));
+    let out = d.shutdown();
+    assert!(out.status.success());
 
     // `run` in the foreground: Ctrl-C tears everything down.
     let dir = d.state_dir.join("run");
