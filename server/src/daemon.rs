@@ -108,7 +108,6 @@ impl StateLock {
                 );
             }
         }
-        std::fs::write(state_dir.join("daemon.pid"), std::process::id().to_string())?;
         Ok(StateLock { _file: file })
     }
 }
@@ -129,7 +128,12 @@ pub async fn run(
         )
     })?;
     let _lock = if s.persist {
-        Some(StateLock::take(&s.state_dir)?)
+        let lock = StateLock::take(&s.state_dir)?;
+        std::fs::write(
+            s.state_dir.join("daemon.pid"),
+            std::process::id().to_string(),
+        )?;
+        Some(lock)
     } else {
         None
     };

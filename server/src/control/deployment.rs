@@ -550,14 +550,7 @@ impl DeploymentState {
             return Ok(());
         };
         let options = &self.plan.config.ray_actor_options;
-        let request = ResourceRequest {
-            num_cpus: options.num_cpus,
-            num_gpus: options.num_gpus,
-            memory_bytes: options.memory,
-            resources: options.resources.clone(),
-            accelerator_type: options.accelerator_type.clone(),
-        };
-        let allocation = shared.allocator.allocate(&request)?;
+        let allocation = shared.allocator.allocate(&resource_request(&self.plan))?;
         let suffix = Alphanumeric.sample_string(&mut rand::rng(), 6);
         let id = format!("{}#{}#{suffix}", self.app, self.name);
         let logging = self.logging(shared);
@@ -752,7 +745,7 @@ impl DeploymentState {
                     self.name,
                     self.app,
                     if *n == 1 { "" } else { "s" },
-                    resource_request_text(&self.plan)
+                    resource_request(&self.plan).describe()
                 ),
             )
         } else {
@@ -856,7 +849,8 @@ impl Counts {
     }
 }
 
-fn resource_request_text(plan: &DeploymentPlan) -> String {
+/// What one replica of `plan` reserves.
+fn resource_request(plan: &DeploymentPlan) -> ResourceRequest {
     let o = &plan.config.ray_actor_options;
     ResourceRequest {
         num_cpus: o.num_cpus,
@@ -865,7 +859,6 @@ fn resource_request_text(plan: &DeploymentPlan) -> String {
         resources: o.resources.clone(),
         accelerator_type: o.accelerator_type.clone(),
     }
-    .describe()
 }
 
 fn available_text(free: &std::collections::BTreeMap<String, f64>) -> String {

@@ -278,22 +278,30 @@ impl Controller {
             }
             Request::Shutdown(reply) => {
                 tracing::info!("Shutting down: stopping every replica.");
-                for app in self.apps.values_mut() {
-                    app.delete();
-                    self.routes.remove(&app.name);
-                }
+                // The goal stays checkpointed: a daemon stopped by a signal
+                // brings its applications back when started again.
+                self.stop_apps(|_| true);
                 self.shutdown = Some(reply);
             }
         }
     }
 
+    /// Deletes every application: they are gone from the goal too.
     fn delete_all(&mut self) {
-        for app in self.apps.values_mut() {
-            app.delete();
-            self.routes.remove(&app.name);
-        }
+        self.stop_apps(|_| true);
         self.goal = Goal::default();
         self.save_goal();
+    }
+
+    /// Takes the applications `which` selects off their routes and stops
+    /// them.
+    fn stop_apps(&mut self, which: impl Fn(&ApplicationState) -> bool) {
+        for app in self.apps.values_mut() {
+            if !app.deleting && which(app) {
+                app.delete();
+                self.routes.remove(&app.name);
+            }
+        }
     }
 
     /// Makes `checked` the goal: new applications are built, changed ones
@@ -346,12 +354,7 @@ impl Controller {
                 }
             }
         }
-        for app in self.apps.values_mut() {
-            if !names.contains(&app.name) && !app.deleting {
-                app.delete();
-                self.routes.remove(&app.name);
-            }
-        }
+        self.stop_apps(|app| !names.contains(&app.name));
         self.sync_routes();
         self.goal = Goal {
             config: Some(checked.value),
