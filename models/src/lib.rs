@@ -24,5 +24,6 @@ pub use error::{ModelError, Result};
 pub use kv_cache::{CacheDtype, KvCache};
 pub use llama::Model;
 pub use source::{
-    default_model_path, models_dir, ModelFiles, ModelSource, WeightsFormat, DEFAULT_MODEL_FILE,
+    default_model_path, local_weights_bytes, models_dir, ModelFiles, ModelSource, WeightsFormat,
+    DEFAULT_MODEL_FILE,
 };

@@ -87,6 +87,28 @@ impl ModelSource {
     }
 }
 
+/// The bytes of a model's weight files when they are on this machine at a
+/// local path (a GGUF file, or a directory's `*.safetensors` / `*.gguf`);
+/// `None` for a hub id or a path that is not there. Never downloads.
+pub fn local_weights_bytes(source: &str) -> Option<u64> {
+    let ModelSource::Path(p) = ModelSource::parse(source).ok()? else {
+        return None;
+    };
+    if p.is_file() {
+        return std::fs::metadata(&p).ok().map(|m| m.len());
+    }
+    let total = std::fs::read_dir(&p)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().to_ascii_lowercase();
+            name.ends_with(".safetensors") || name.ends_with(".gguf")
+        })
+        .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+        .sum();
+    Some(total)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightsFormat {
     Gguf,

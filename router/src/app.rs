@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::Json;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The request-id header, honoured when the client sends one.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -26,6 +26,10 @@ pub struct RouterConfig {
     pub api_key: Option<String>,
     /// Request bodies above this many bytes get a 413.
     pub max_body_bytes: usize,
+    /// A request body must have arrived whole within this long (a 408
+    /// otherwise), so a client that stalls mid-body cannot hold a
+    /// connection forever.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for RouterConfig {
@@ -33,7 +37,20 @@ impl Default for RouterConfig {
         RouterConfig {
             api_key: None,
             max_body_bytes: 32 * 1024 * 1024,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
         }
+    }
+}
+
+/// How long a request body may take to arrive by default.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl RouterConfig {
+    /// The largest message of the replica protocol the router accepts
+    /// from a replica: room for a reply several times the largest
+    /// request (token ids and texts grow when converted).
+    pub fn max_replica_message_bytes(&self) -> usize {
+        self.max_body_bytes.saturating_mul(4).max(64 << 20)
     }
 }
 
@@ -61,25 +78,75 @@ pub struct RequestContext {
     pub request_id: String,
 }
 
-/// A JSON object body read within the size limit (413 above it, 400 when
-/// it is not a JSON object).
+/// A JSON object body sent as `application/json` (415 otherwise, so no
+/// cross-site form or `text/plain` post reaches a handler), read within
+/// the size limit (413 above it) and the read timeout (408), and a JSON
+/// object (400 otherwise).
 pub struct Body(pub Value);
 
 impl FromRequest<Arc<App>> for Body {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, ApiError> {
-        let limit = app.config.max_body_bytes;
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|e| {
-                if is_length_limit(&e) {
-                    ApiError::payload_too_large(limit)
-                } else {
-                    ApiError::bad_request(format!("Cannot read the request body: {e}"), None)
-                }
-            })?;
+        require_json(req.headers())?;
+        let c = &app.config;
+        let bytes = read_body(req.into_body(), c.max_body_bytes, c.body_read_timeout).await?;
         Ok(Body(crate::openai::parse_object(&bytes)?))
+    }
+}
+
+/// Whether a `Content-Type` is JSON (`application/json`, or
+/// `application/<x>+json`), parameters such as `charset` allowed.
+pub fn is_json_content_type(value: &str) -> bool {
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json"))
+}
+
+/// A 415 unless the request says its body is JSON.
+pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    match given {
+        Some(t) if is_json_content_type(t) => Ok(()),
+        Some(t) => Err(ApiError::unsupported_media_type(format!(
+            "Content-Type must be application/json, got `{t}`."
+        ))),
+        None => Err(ApiError::unsupported_media_type(
+            "Content-Type must be application/json; the request has none.",
+        )),
+    }
+}
+
+/// Reads a whole body of at most `limit` bytes within `timeout`.
+pub async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<axum::body::Bytes, ApiError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "TimeoutError",
+            format!(
+                "The request body did not arrive within {} s.",
+                timeout.as_secs_f64()
+            ),
+        )),
+        Ok(Err(e)) if is_length_limit(&e) => Err(ApiError::payload_too_large(limit)),
+        Ok(Err(e)) => Err(ApiError::bad_request(
+            format!("Cannot read the request body: {e}"),
+            None,
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
     }
 }
 
@@ -172,7 +239,9 @@ async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if !open && given != Some(key.as_str()) {
+        let matches =
+            given.is_some_and(|g| llm_serve_proto::constant_time_eq(g.as_bytes(), key.as_bytes()));
+        if !open && !matches {
             return ApiError::unauthorized().into_response();
         }
     }

@@ -70,6 +70,24 @@ impl ApiError {
         )
     }
 
+    /// 415: the body is not sent as JSON.
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaTypeError",
+            message,
+        )
+    }
+
+    /// 413 for a reply of the replica protocol over its size limit.
+    pub fn reply_too_large(detail: &str) -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLargeError",
+            format!("The result is too large to send ({detail}); ask for less at a time."),
+        )
+    }
+
     /// 503: no replica can take the request now.
     pub fn unavailable(message: impl Into<String>) -> Self {
         ApiError::new(
@@ -101,6 +119,9 @@ impl ApiError {
     /// The client-facing error for a replica's gRPC status.
     pub fn from_status(s: &tonic::Status) -> Self {
         use tonic::Code;
+        if let Some(detail) = message_size_error(s) {
+            return ApiError::reply_too_large(&detail);
+        }
         match s.code() {
             Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => ApiError {
                 param: status_param(s),
@@ -141,6 +162,15 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, axum::Json(self.body())).into_response()
     }
+}
+
+/// The sizes named by tonic's error for a message over its limit
+/// (`decoded message length too large: found N bytes, the limit is: M
+/// bytes`), if `s` is one.
+fn message_size_error(s: &tonic::Status) -> Option<String> {
+    let m = s.message();
+    let at = m.find("message length too large: ")?;
+    Some(m[at + "message length too large: ".len()..].to_string())
 }
 
 /// Errors setting the router up (not request errors).

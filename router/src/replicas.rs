@@ -6,12 +6,14 @@
 use crate::error::{ApiError, RouterError};
 use crate::metrics::Metrics;
 use llm_serve_proto::replica_client::ReplicaClient;
-use llm_serve_proto::InfoResponse;
+use llm_serve_proto::{InfoResponse, PresentSecret};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
-use std::sync::{Arc, RwLock};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// Where a replica is in its life, as the router sees it.
@@ -38,34 +40,79 @@ impl ReplicaState {
     }
 }
 
+/// A client of the replica protocol that presents the deployment's secret.
+pub type Client = ReplicaClient<InterceptedService<Channel, PresentSecret>>;
+
+/// HTTP/2 pings on a connection with calls open: a replica that does not
+/// answer one within `KEEP_ALIVE_TIMEOUT` (frozen, or its host gone) has
+/// its calls failed, so requests that had not started are retried on
+/// another replica instead of waiting for health checks to give up.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How the router reaches one replica.
+#[derive(Clone, Debug, Default)]
+pub struct Connection {
+    /// `host:port` of its replica protocol.
+    pub address: String,
+    /// The deployment's secret, presented on every call.
+    pub secret: Option<String>,
+    /// The largest reply accepted (`RouterConfig::max_replica_message_bytes`).
+    pub max_message_bytes: usize,
+}
+
 /// One engine replica.
 pub struct Replica {
     pub id: String,
-    client: ReplicaClient<Channel>,
+    client: Client,
     state: AtomicU8,
     ongoing: AtomicU32,
+    /// A health check failed since the last one that passed: no new
+    /// requests until one passes again.
+    suspect: AtomicBool,
 }
 
 impl Replica {
-    /// A replica serving the protocol at `address` (`host:port`); the
-    /// connection is made on first use.
-    pub fn new(id: &str, address: &str) -> Result<Arc<Self>, RouterError> {
-        let url = format!("http://{address}");
+    /// A replica serving the protocol where `conn` says; the connection
+    /// is made on first use.
+    pub fn new(id: &str, conn: &Connection) -> Result<Arc<Self>, RouterError> {
+        let url = format!("http://{}", conn.address);
         let endpoint = Endpoint::from_shared(url).map_err(|e| RouterError::ReplicaAddress {
-            addr: address.to_string(),
+            addr: conn.address.clone(),
             detail: e.to_string(),
         })?;
+        let channel = endpoint
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+            .connect_lazy();
+        let limit = conn.max_message_bytes.max(4 << 20);
+        let client =
+            ReplicaClient::with_interceptor(channel, PresentSecret::new(conn.secret.as_deref()))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit);
         Ok(Arc::new(Replica {
             id: id.to_string(),
-            client: ReplicaClient::new(endpoint.tcp_nodelay(true).connect_lazy()),
+            client,
             state: AtomicU8::new(ReplicaState::Starting as u8),
             ongoing: AtomicU32::new(0),
+            suspect: AtomicBool::new(false),
         }))
     }
 
     /// A client for one call (clients are cheap clones of the channel).
-    pub fn client(&self) -> ReplicaClient<Channel> {
+    pub fn client(&self) -> Client {
         self.client.clone()
+    }
+
+    /// Marks the replica as failing (or passing again) its health checks.
+    pub fn set_suspect(&self, suspect: bool) {
+        self.suspect.store(suspect, Ordering::SeqCst);
+    }
+
+    /// Whether new requests may go to it.
+    pub fn takes_requests(&self) -> bool {
+        self.state() == ReplicaState::Ready && !self.suspect.load(Ordering::SeqCst)
     }
 
     pub fn state(&self) -> ReplicaState {
@@ -122,6 +169,11 @@ struct Accounting {
     metrics: Arc<Metrics>,
     limits: RwLock<Limits>,
     queued: AtomicU32,
+    /// Tickets of the queued requests, oldest first: a request takes a
+    /// replica only when fewer requests wait ahead of it than there are
+    /// free places, so the queue is served in order.
+    line: Mutex<VecDeque<u64>>,
+    next_ticket: AtomicU64,
     /// Woken when a request leaves a replica or the replicas change.
     changed: Notify,
 }
@@ -213,8 +265,12 @@ impl Drop for InFlight {
     }
 }
 
-/// Counts a request waiting for a replica with room.
-struct Queued<'a>(&'a Accounting);
+/// A request waiting for a replica with room, in line; counted in the
+/// queue metrics until dropped.
+struct Queued<'a> {
+    accounting: &'a Accounting,
+    ticket: u64,
+}
 
 impl<'a> Queued<'a> {
     fn new(a: &'a Accounting) -> Self {
@@ -224,21 +280,55 @@ impl<'a> Queued<'a> {
             .deployment_queued_queries
             .with_label_values(&a.handle_labels())
             .inc();
-        Queued(a)
+        let ticket = a.next_ticket.fetch_add(1, Ordering::SeqCst);
+        a.line
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(ticket);
+        Queued {
+            accounting: a,
+            ticket,
+        }
+    }
+
+    /// Requests in line ahead of this one.
+    fn ahead(&self) -> usize {
+        let line = self
+            .accounting
+            .line
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        line.iter().take_while(|&&t| t != self.ticket).count()
     }
 }
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
-        self.0.queued.fetch_sub(1, Ordering::SeqCst);
-        self.0
-            .metrics
+        let a = self.accounting;
+        {
+            let mut line = a.line.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(pos) = line.iter().position(|&t| t == self.ticket) {
+                line.remove(pos);
+            }
+        }
+        a.queued.fetch_sub(1, Ordering::SeqCst);
+        a.metrics
             .serve
             .deployment_queued_queries
-            .with_label_values(&self.0.handle_labels())
+            .with_label_values(&a.handle_labels())
             .dec();
+        // The next in line may go now.
+        a.changed.notify_waiters();
     }
 }
+
+/// How long a request waits for the first replica of a deployment whose
+/// replicas are starting (a deploy, a recovery, a scale-up from zero);
+/// `request_timeout_s`, when set, cuts it shorter.
+pub const STARTUP_WAIT: Duration = Duration::from_secs(300);
+
+/// The engine's default `max_num_seqs`.
+pub const DEFAULT_MAX_NUM_SEQS: u32 = 256;
 
 /// How long a queued request sleeps before looking at the replicas again
 /// when nothing wakes it.
@@ -254,6 +344,9 @@ pub struct Deployment {
     info: RwLock<Option<InfoResponse>>,
     /// Why no replica is ready, when that is known (e.g. a replica's exit).
     problem: RwLock<Option<String>>,
+    /// Replicas are on their way (the controller wants some and is not
+    /// giving up): with none ready, requests wait for them.
+    expecting: AtomicBool,
     accounting: Arc<Accounting>,
 }
 
@@ -267,11 +360,14 @@ impl Deployment {
             replicas: RwLock::new(Vec::new()),
             info: RwLock::new(None),
             problem: RwLock::new(None),
+            expecting: AtomicBool::new(false),
             accounting: Arc::new(Accounting {
                 labels,
                 metrics,
                 limits: RwLock::new(Limits::default()),
                 queued: AtomicU32::new(0),
+                line: Mutex::new(VecDeque::new()),
+                next_ticket: AtomicU64::new(0),
                 changed: Notify::new(),
             }),
         })
@@ -322,6 +418,15 @@ impl Deployment {
         self.info.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The most sequences one request may run: the engine's
+    /// `max_num_seqs`, or its default before a replica has reported.
+    pub fn max_num_seqs(&self) -> u32 {
+        self.info()
+            .map(|i| i.max_num_seqs)
+            .filter(|&m| m > 0)
+            .unwrap_or(DEFAULT_MAX_NUM_SEQS)
+    }
+
     pub fn set_info(&self, info: InfoResponse) {
         *self.info.write().unwrap_or_else(|p| p.into_inner()) = Some(info);
     }
@@ -330,44 +435,61 @@ impl Deployment {
         *self.problem.write().unwrap_or_else(|p| p.into_inner()) = problem;
     }
 
+    /// Says whether replicas are on their way (see `pick`).
+    pub fn set_expecting(&self, expecting: bool) {
+        if self.expecting.swap(expecting, Ordering::SeqCst) != expecting {
+            self.accounting.changed.notify_waiters();
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.replicas()
-            .iter()
-            .any(|r| r.state() == ReplicaState::Ready)
+        self.replicas().iter().any(|r| r.takes_requests())
     }
 
     /// A ready replica for a new request, by power of two choices on the
     /// requests in flight (the less loaded of two picked at random) among
-    /// those below `max_ongoing_requests`. When every ready replica is at
-    /// its limit the request waits here, up to `max_queued_requests`
-    /// waiting (then a 503, Serve's backpressure); with no ready replica
-    /// at all, a 503 saying why (or, for a deployment scaled to zero, the
-    /// request waits for the replica it wakes).
+    /// those below `max_ongoing_requests` and not failing health checks.
+    /// When every ready replica is at its limit, or none is ready yet but
+    /// replicas are on their way (starting after a deploy or a recovery,
+    /// or woken from zero), the request waits here in line, up to
+    /// `max_queued_requests` waiting (then a 503, Serve's backpressure)
+    /// and `STARTUP_WAIT` for a first replica; with no replica ready or
+    /// coming, a 503 saying why.
     pub async fn pick(&self, exclude: &[String]) -> Result<InFlight, ApiError> {
         let mut queued: Option<Queued> = None;
+        let arrived = Instant::now();
         loop {
             let changed = self.accounting.changed.notified();
             let limits = self.limits();
             let ready: Vec<Arc<Replica>> = self
                 .replicas()
                 .into_iter()
-                .filter(|r| r.state() == ReplicaState::Ready && !exclude.contains(&r.id))
+                .filter(|r| r.takes_requests() && !exclude.contains(&r.id))
                 .collect();
             let has_problem = self
                 .problem
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .is_some();
-            let wait = limits.wait_for_replicas && !has_problem;
-            if ready.is_empty() && !wait {
+            let coming =
+                (limits.wait_for_replicas || self.expecting.load(Ordering::SeqCst)) && !has_problem;
+            if ready.is_empty() && (!coming || arrived.elapsed() >= STARTUP_WAIT) {
                 return Err(self.none_ready());
             }
             let room: Vec<&Arc<Replica>> = ready
                 .iter()
                 .filter(|r| u64::from(r.ongoing()) < limits.max_ongoing_requests)
                 .collect();
-            if let Some(r) = power_of_two(&room) {
-                return Ok(InFlight::new(r.clone(), self.accounting.clone()));
+            let free = room.iter().fold(0u64, |acc, r| {
+                acc.saturating_add(limits.max_ongoing_requests - u64::from(r.ongoing()))
+            });
+            let my_turn = queued
+                .as_ref()
+                .map_or(self.queued() == 0, |q| (q.ahead() as u64) < free);
+            if my_turn {
+                if let Some(r) = power_of_two(&room) {
+                    return Ok(InFlight::new(r.clone(), self.accounting.clone()));
+                }
             }
             if queued.is_none() {
                 let waiting = self.queued();
@@ -386,6 +508,7 @@ impl Deployment {
                     )));
                 }
                 queued = Some(Queued::new(&self.accounting));
+                continue;
             }
             let _ = tokio::time::timeout(QUEUE_RECHECK, changed).await;
         }

@@ -55,6 +55,9 @@ pub fn check(args: CheckArgs) -> Result<()> {
     let base_dir = args.config.parent().filter(|p| !p.as_os_str().is_empty());
     let checked = config::check(config::parse_text(&text)?, base_dir)
         .with_context(|| format!("{} is not a valid deploy config", args.config.display()))?;
+    for warning in config::warnings(&checked) {
+        eprintln!("warning: {warning}");
+    }
     let http = &checked.config.http_options;
     println!(
         "proxy {} on {}:{}",

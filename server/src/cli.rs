@@ -275,9 +275,16 @@ pub struct DaemonArgs {
     /// /health, /metrics and /-/ routes).
     #[arg(long, env = "LLM_SERVE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// The admin API's bearer token (default: the API key, when one is
+    /// set; with neither, the admin API is open to local callers).
+    #[arg(long, env = "LLM_SERVE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Request bodies above this many bytes are refused with a 413.
     #[arg(long, default_value_t = 32 * 1024 * 1024)]
     pub max_request_body_bytes: usize,
+    /// Seconds a request body may take to arrive (408 after it).
+    #[arg(long, default_value_t = 30.0)]
+    pub body_read_timeout_s: f64,
 }
 
 #[derive(Args, Debug)]
@@ -340,6 +347,10 @@ pub struct AddressArgs {
         default_value = "http://127.0.0.1:8265"
     )]
     pub address: String,
+    /// The admin API's token (default: LLM_SERVE_ADMIN_TOKEN, else
+    /// LLM_SERVE_API_KEY).
+    #[arg(long, env = "LLM_SERVE_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -373,8 +384,8 @@ pub struct ServeArgs {
     /// A GGUF file, a Hugging Face model directory, a hub id, or `default`.
     #[arg(long)]
     pub model: String,
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Address to listen on (0.0.0.0 to be reachable from other machines).
+    #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     #[arg(long, default_value_t = 8000)]
     pub port: u16,

@@ -14,6 +14,7 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(120);
 struct Admin {
     base: String,
     client: reqwest::Client,
+    token: Option<String>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -25,9 +26,15 @@ impl Admin {
         } else {
             format!("http://{base}")
         };
+        let token = a
+            .token
+            .clone()
+            .or_else(|| std::env::var("LLM_SERVE_API_KEY").ok())
+            .filter(|t| !t.is_empty());
         Ok(Admin {
             base,
             client: reqwest::Client::new(),
+            token,
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -42,7 +49,10 @@ impl Admin {
         )
     }
 
-    fn send(&self, req: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, String)> {
+    fn send(&self, mut req: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, String)> {
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
         self.rt.block_on(async {
             let r = req
                 .timeout(Duration::from_secs(30))
@@ -82,12 +92,25 @@ pub fn deploy(args: DeployArgs) -> Result<()> {
     // files are read in relative to the config.
     let checked = crate::config::check(crate::config::parse_text(&text)?, base_dir)
         .with_context(|| format!("{} is not a valid deploy config", args.config.display()))?;
+    for warning in crate::config::warnings(&checked) {
+        eprintln!("warning: {warning}");
+    }
+    let body = serde_json::to_vec(&checked.value)?;
+    if body.len() > crate::admin::MAX_BODY_BYTES {
+        anyhow::bail!(
+            "{} is {} bytes as JSON, over the admin API's limit of {} bytes (it would be refused with 413 Payload Too Large)",
+            args.config.display(),
+            body.len(),
+            crate::admin::MAX_BODY_BYTES
+        );
+    }
     let admin = Admin::new(&args.address)?;
     let (status, body) = admin.send(
         admin
             .client
             .put(format!("{}/api/serve/applications/", admin.base))
-            .json(&checked.value),
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body),
     )?;
     if !status.is_success() {
         anyhow::bail!("the deploy was refused ({status}): {}", error_text(&body));
@@ -150,7 +173,8 @@ pub fn shutdown(args: ShutdownArgs) -> Result<()> {
     let (status, body) = admin.send(
         admin
             .client
-            .post(format!("{}/api/llm-serve/shutdown", admin.base)),
+            .post(format!("{}/api/llm-serve/shutdown", admin.base))
+            .json(&serde_json::json!({})),
     )?;
     if !status.is_success() {
         anyhow::bail!("the shutdown was refused ({status}): {}", error_text(&body));

@@ -26,6 +26,8 @@ pub struct Settings {
     pub proxy_location: ProxyLocation,
     pub admin_host: String,
     pub admin_port: u16,
+    /// The admin API wants it as a bearer token.
+    pub admin_token: Option<String>,
     pub overrides: Overrides,
     pub state_dir: PathBuf,
     /// Keep the goal in the state dir and recover it on start (`start`).
@@ -38,6 +40,9 @@ pub struct Settings {
     pub router: RouterConfig,
     /// How long open HTTP requests get to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Stop, with the reason as the error, when the initial config fails
+    /// to deploy (`run`, `serve`).
+    pub exit_on_deploy_failure: bool,
 }
 
 /// The default state directory (`LLM_SERVE_STATE_DIR` or
@@ -127,16 +132,14 @@ pub async fn run(
             s.state_dir.display()
         )
     })?;
-    let _lock = if s.persist {
-        let lock = StateLock::take(&s.state_dir)?;
-        std::fs::write(
-            s.state_dir.join("daemon.pid"),
-            std::process::id().to_string(),
-        )?;
-        Some(lock)
-    } else {
-        None
-    };
+    // One llm-serve per state directory, whether it keeps its goal there
+    // (`start`) or not (`run`, `serve`: the goal dies with the process,
+    // as with Ray's `serve run`).
+    let _lock = StateLock::take(&s.state_dir)?;
+    std::fs::write(
+        s.state_dir.join("daemon.pid"),
+        std::process::id().to_string(),
+    )?;
     let node_ip = node_ip(&s.http.host);
     let logs = logs_dir(&s.state_dir);
     let files = crate::logs::init_daemon(&logs, &node_ip, s.log_level, s.log_to_stderr)
@@ -229,6 +232,8 @@ pub async fn run(
     let admin = admin::router(Arc::new(AdminState {
         controller: controller.clone(),
         shutdown: shutdown_requested.clone(),
+        token: s.admin_token.clone(),
+        bound_host: s.admin_host.clone(),
     }));
     tracing::info!(
         "Admin API listening on http://{}:{}",
@@ -246,19 +251,38 @@ pub async fn run(
             })
             .await;
     });
-    if let Some(checked) = initial {
-        controller.deploy(checked).await;
-        tokio::spawn(report_deployed(controller.clone()));
-    }
-    tokio::select! {
+    let deployed = match initial {
+        Some(checked) => {
+            controller.deploy(checked).await;
+            Some(tokio::spawn(report_deployed(controller.clone())))
+        }
+        None => None,
+    };
+    // `run` and `serve` end, like `serve run` and `vllm serve`, when the
+    // config they were started with fails to deploy.
+    let deploy_failed = async {
+        match deployed {
+            Some(report) if s.exit_on_deploy_failure => match report.await {
+                Ok(Some(failure)) => failure,
+                _ => std::future::pending().await,
+            },
+            _ => std::future::pending().await,
+        }
+    };
+    let failure = tokio::select! {
         _ = crate::signals::shutdown_requested() => {
             if let Some(m) = on_interrupt_message {
                 eprintln!("{m}");
             }
             tracing::info!("Got a signal; shutting down.");
+            None
         }
-        _ = shutdown_requested.notified() => {}
-    }
+        _ = shutdown_requested.notified() => None,
+        failure = deploy_failed => {
+            tracing::error!("{failure}; shutting down.");
+            Some(failure)
+        }
+    };
     // Replicas drain while the proxy finishes its open requests.
     let _ = stop_tx.send(true);
     let proxy_done = async {
@@ -269,28 +293,24 @@ pub async fn run(
     tokio::join!(controller.shutdown(), proxy_done);
     let _ = admin_task.await;
     tracing::info!("llm-serve stopped.");
-    Ok(())
+    match failure {
+        Some(f) => Err(anyhow::anyhow!(f)),
+        None => Ok(()),
+    }
 }
 
-/// Logs `Deployed Serve app successfully.` once every application runs
-/// (or why one failed).
-async fn report_deployed(controller: ControllerHandle) {
+/// Logs `Deployed Serve app successfully.` once every application runs;
+/// the failure, when one fails first.
+async fn report_deployed(controller: ControllerHandle) -> Option<String> {
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let Some(d) = controller.details().await else {
-            return;
-        };
+        let d = controller.details().await?;
         if let Some(failed) = d
             .applications
             .values()
             .find(|a| a.status == ApplicationStatus::DeployFailed)
         {
-            tracing::error!(
-                "Deploying application '{}' failed: {}",
-                failed.name,
-                failed.message
-            );
-            return;
+            return Some(failed.message.clone());
         }
         if !d.applications.is_empty()
             && d.applications
@@ -298,7 +318,7 @@ async fn report_deployed(controller: ControllerHandle) {
                 .all(|a| a.status == ApplicationStatus::Running)
         {
             tracing::info!("Deployed Serve app successfully.");
-            return;
+            return None;
         }
     }
 }

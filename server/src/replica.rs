@@ -41,7 +41,8 @@ async fn serve(args: ReplicaArgs, cfg: EngineConfig, threads: usize) -> Result<(
     let port = listener.local_addr()?.port();
     let state = ReplicaState::new(&args.model);
     state.set_access_log(crate::logs::access_log_enabled());
-    let service = ReplicaService::new(state.clone()).into_server();
+    let secret = std::env::var(llm_serve_proto::SECRET_ENV).ok();
+    let service = ReplicaService::new(state.clone()).into_server(secret);
     ReplicaEvent::Listening { port }.emit();
     tracing::info!(replica = %args.replica_id, port, threads, "replica listening; loading {}", args.model);
     let load_state = state.clone();

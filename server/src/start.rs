@@ -50,6 +50,22 @@ fn overrides(d: &DaemonArgs) -> Result<Overrides> {
     })
 }
 
+/// The admin API's token: `--admin-token`, else the API key.
+fn admin_token(d: &DaemonArgs) -> Option<String> {
+    d.admin_token
+        .clone()
+        .or_else(|| d.api_key.clone())
+        .filter(|t| !t.is_empty())
+}
+
+fn body_read_timeout(d: &DaemonArgs) -> Result<Duration> {
+    let s = d.body_read_timeout_s;
+    if !s.is_finite() || s <= 0.0 {
+        anyhow::bail!("--body-read-timeout-s must be a positive number of seconds, got {s}");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
 /// The daemon's settings from the shared flags and the HTTP/gRPC options.
 pub fn settings(
     d: &DaemonArgs,
@@ -63,6 +79,7 @@ pub fn settings(
         proxy_location,
         admin_host: d.dashboard_host.clone(),
         admin_port: d.dashboard_port,
+        admin_token: admin_token(d),
         overrides: overrides(d)?,
         state_dir: d
             .state_dir
@@ -75,8 +92,10 @@ pub fn settings(
         router: RouterConfig {
             api_key: d.api_key.clone().filter(|k| !k.is_empty()),
             max_body_bytes: d.max_request_body_bytes,
+            body_read_timeout: body_read_timeout(d)?,
         },
         shutdown_grace: Duration::from_secs(30),
+        exit_on_deploy_failure: true,
     })
 }
 
@@ -122,6 +141,7 @@ pub fn start(args: StartArgs) -> Result<()> {
     )?;
     s.persist = true;
     s.echo_replica_logs = false;
+    s.exit_on_deploy_failure = false;
     if args.foreground || args.detached {
         s.log_to_stderr = !args.detached;
         return runtime()?.block_on(daemon::run(s, None, None));
@@ -177,6 +197,10 @@ fn spawn_detached(s: &Settings) -> Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     let client = reqwest::Client::new();
     let rt = runtime()?;
+    let mut probe = client.get(&url).timeout(Duration::from_secs(2));
+    if let Some(t) = &s.admin_token {
+        probe = probe.bearer_auth(t);
+    }
     loop {
         if let Some(status) = child.try_wait()? {
             let log = std::fs::read_to_string(&out_path).unwrap_or_default();
@@ -188,12 +212,10 @@ fn spawn_detached(s: &Settings) -> Result<()> {
             );
         }
         let up = rt.block_on(async {
-            client
-                .get(&url)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
+            match probe.try_clone() {
+                Some(p) => p.send().await.is_ok_and(|r| r.status().is_success()),
+                None => false,
+            }
         });
         if up {
             break;
@@ -230,6 +252,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     let base_dir = args.config.parent().filter(|p| !p.as_os_str().is_empty());
     let mut checked = crate::config::check(crate::config::parse_text(&text)?, base_dir)
         .with_context(|| format!("{} is not a valid deploy config", args.config.display()))?;
+    for warning in crate::config::warnings(&checked) {
+        eprintln!("warning: {warning}");
+    }
     if let Some(h) = &args.http_host {
         checked.config.http_options.host = h.clone();
     }

@@ -61,6 +61,9 @@ pub struct EngineInfo {
     pub vocab_size: usize,
     pub block_size: usize,
     pub num_blocks: usize,
+    /// Sequences run at once; also the most samples one request may ask
+    /// for (every sample of a request is admitted together).
+    pub max_num_seqs: usize,
 }
 
 /// The handle to an engine thread. Dropping it stops the engine.
@@ -118,6 +121,7 @@ impl Engine {
             vocab_size: model.config().vocab_size,
             block_size: cfg.block_size,
             num_blocks,
+            max_num_seqs: cfg.max_num_seqs,
         };
         let stats = Arc::new(Mutex::new(Published {
             stats: EngineStats {
@@ -197,6 +201,15 @@ impl Engine {
 
     fn validate(&self, r: &EngineRequest) -> Result<()> {
         r.params.validate(self.info.vocab_size)?;
+        if r.params.n > self.info.max_num_seqs {
+            return Err(invalid(
+                "n",
+                format!(
+                    "n must be at most {} (the engine's max_num_seqs), got {}.",
+                    self.info.max_num_seqs, r.params.n
+                ),
+            ));
+        }
         check_prompt_length(r.prompt.len(), r.params.max_tokens, self.info.max_model_len)?;
         if let Some(&t) = r
             .prompt

@@ -13,7 +13,7 @@ use tonic::Status;
 pub(crate) fn sampling_params(s: &pb::Sampling, d: &GenerationDefaults) -> SamplingParams {
     let base = SamplingParams::default();
     SamplingParams {
-        n: s.n.max(1) as usize,
+        n: s.n as usize,
         temperature: s.temperature.or(d.temperature).unwrap_or(base.temperature),
         top_p: s.top_p.or(d.top_p).unwrap_or(base.top_p),
         top_k: s.top_k.or(d.top_k).unwrap_or(base.top_k),

@@ -17,6 +17,7 @@ use pb::health_response::State as HealthState;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 /// A loaded model and what requests need around it.
@@ -159,8 +160,16 @@ impl ReplicaService {
         ReplicaService { state }
     }
 
-    pub fn into_server(self) -> pb::replica_server::ReplicaServer<Self> {
-        pb::replica_server::ReplicaServer::new(self)
+    /// The gRPC service; with a `secret`, calls that do not present it
+    /// are refused (UNAUTHENTICATED).
+    pub fn into_server(
+        self,
+        secret: Option<String>,
+    ) -> InterceptedService<pb::replica_server::ReplicaServer<Self>, pb::RequireSecret> {
+        let server = pb::replica_server::ReplicaServer::new(self)
+            .max_decoding_message_size(pb::MAX_REQUEST_MESSAGE_BYTES)
+            .max_encoding_message_size(usize::MAX);
+        InterceptedService::new(server, pb::RequireSecret::new(secret))
     }
 }
 
@@ -459,6 +468,7 @@ impl pb::replica_server::Replica for ReplicaService {
             num_kv_blocks: i.num_blocks as u32,
             block_size: i.block_size as u32,
             model_source: self.state.model_source.clone(),
+            max_num_seqs: i.max_num_seqs as u32,
         }))
     }
 }

@@ -1,7 +1,7 @@
 //! `POST /v1/chat/completions`.
 
 use super::generation::{self, Generation};
-use super::request::{fields, require, ChatFields, CommonFields};
+use super::request::{check_fan_out, fields, require, ChatFields, CommonFields};
 use super::response::{
     chat_logprob, collect, finish_reason, stop_reason, usage, Meta, StreamUsage,
 };
@@ -29,6 +29,7 @@ pub async fn chat_completions(
     common.check()?;
     chat.check()?;
     let deployment = app.models.resolve(common.model.as_deref())?;
+    check_fan_out(common.n(), 1, deployment.max_num_seqs())?;
     let sampling = common.sampling(
         chat.max_completion_tokens.or(common.max_tokens),
         chat.logprobs()?,

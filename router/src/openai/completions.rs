@@ -1,7 +1,7 @@
 //! `POST /v1/completions`.
 
 use super::generation::{self, merged};
-use super::request::{fields, require, CommonFields, CompletionFields, Prompt};
+use super::request::{check_fan_out, fields, require, CommonFields, CompletionFields, Prompt};
 use super::response::{
     collect, finish_reason, stop_reason, usage, CompletionLogprobs, Meta, StreamUsage,
 };
@@ -33,6 +33,7 @@ pub async fn completions(
     comp.check()?;
     let prompts = comp.prompts()?;
     let deployment = app.models.resolve(common.model.as_deref())?;
+    check_fan_out(common.n(), prompts.len(), deployment.max_num_seqs())?;
     let sampling = common.sampling(
         Some(common.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
         comp.logprobs,

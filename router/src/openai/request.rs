@@ -61,6 +61,7 @@ pub struct StreamOptions {
 pub struct CommonFields {
     pub model: Option<String>,
     pub n: Option<u32>,
+    pub best_of: Option<u32>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<i32>,
@@ -90,7 +91,8 @@ impl CommonFields {
         self.stream.unwrap_or(false)
     }
 
-    /// Checks what the engine cannot: stream options without streaming.
+    /// Checks what the engine cannot: stream options without streaming,
+    /// `n` and `best_of`, the seed's range.
     pub fn check(&self) -> Result<(), ApiError> {
         if self.stream_options.is_some() && !self.stream() {
             return Err(ApiError::bad_request(
@@ -98,7 +100,55 @@ impl CommonFields {
                 Some("stream_options"),
             ));
         }
+        if self.n == Some(0) {
+            return Err(ApiError::bad_request(
+                "n must be at least 1, got 0.",
+                Some("n"),
+            ));
+        }
+        let n = self.n();
+        match self.best_of {
+            None => {}
+            Some(b) if b == n => {}
+            Some(b) if b < n => {
+                return Err(ApiError::bad_request(
+                    format!("best_of must be greater than or equal to n, got n={n} and best_of={b}."),
+                    Some("best_of"),
+                ))
+            }
+            Some(b) => {
+                return Err(ApiError::bad_request(
+                    format!("best_of={b} is not supported: this server returns every sample it generates. Leave best_of out or set it to n ({n})."),
+                    Some("best_of"),
+                ))
+            }
+        }
+        self.seed()?;
         Ok(())
+    }
+
+    /// Samples per prompt.
+    pub fn n(&self) -> u32 {
+        self.n.unwrap_or(1)
+    }
+
+    /// The seed as the engine takes it: any 64-bit signed integer (vLLM's
+    /// range), negative ones reinterpreted.
+    fn seed(&self) -> Result<Option<u64>, ApiError> {
+        let Some(n) = &self.seed else {
+            return Ok(None);
+        };
+        match n.as_i64() {
+            Some(i) => Ok(Some(i as u64)),
+            None => Err(ApiError::bad_request(
+                format!(
+                    "seed must be an integer between {} and {}, got {n}.",
+                    i64::MIN,
+                    i64::MAX
+                ),
+                Some("seed"),
+            )),
+        }
     }
 
     pub fn include_usage(&self) -> bool {
@@ -134,21 +184,9 @@ impl CommonFields {
             })?;
             logit_bias.insert(id, v.clamp(-100.0, 100.0));
         }
-        let seed = match &self.seed {
-            None => None,
-            Some(n) => Some(match (n.as_u64(), n.as_i64()) {
-                (Some(u), _) => u,
-                (None, Some(i)) => i as u64,
-                _ => {
-                    return Err(ApiError::bad_request(
-                        format!("seed must be an integer, got {n}."),
-                        Some("seed"),
-                    ))
-                }
-            }),
-        };
+        let seed = self.seed()?;
         Ok(pb::Sampling {
-            n: self.n.unwrap_or(1),
+            n: self.n(),
             temperature: self.temperature,
             top_p: self.top_p,
             top_k: self.top_k,
@@ -168,6 +206,26 @@ impl CommonFields {
             skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
         })
     }
+}
+
+/// Checks that `prompts` prompts of `n` samples each stay within the
+/// `cap` sequences one request may run (the engine's `max_num_seqs`):
+/// every sample of a request is admitted at once, so more could never run.
+pub fn check_fan_out(n: u32, prompts: usize, cap: u32) -> Result<(), ApiError> {
+    if n > cap {
+        return Err(ApiError::bad_request(
+            format!("n must be at most {cap} (the model's max_num_seqs), got {n}."),
+            Some("n"),
+        ));
+    }
+    let total = u64::from(n) * prompts as u64;
+    if total > u64::from(cap) {
+        return Err(ApiError::bad_request(
+            format!("{prompts} prompts with n={n} ask for {total} samples, more than the {cap} one request may run (the model's max_num_seqs)."),
+            Some("prompt"),
+        ));
+    }
+    Ok(())
 }
 
 /// `stop` as a string or a list of strings.
@@ -243,7 +301,17 @@ impl ChatFields {
                 Some("chat_template"),
             ));
         }
+        if self.continue_final_message == Some(true) && self.add_generation_prompt == Some(true) {
+            return Err(ApiError::bad_request(
+                "Cannot set both `continue_final_message` and `add_generation_prompt` to true.",
+                Some("continue_final_message"),
+            ));
+        }
+        check_tools(self.tools.as_ref())?;
         let tool_choice = self.tool_choice.as_ref().filter(|v| !v.is_null());
+        if let Some(c) = tool_choice {
+            check_tool_choice(c)?;
+        }
         let has_tools = self
             .tools
             .as_ref()
@@ -294,7 +362,8 @@ impl ChatFields {
         let add_generation_prompt = self.add_generation_prompt.unwrap_or(true);
         pb::ChatInput {
             // Serializing JSON values cannot fail.
-            messages_json: serde_json::to_string(&self.messages).unwrap_or_default(),
+            messages_json: serde_json::to_string(&without_null_content(&self.messages))
+                .unwrap_or_default(),
             add_generation_prompt: add_generation_prompt
                 && !self.continue_final_message.unwrap_or(false),
             continue_final_message: self.continue_final_message.unwrap_or(false),
@@ -307,6 +376,77 @@ impl ChatFields {
                 .unwrap_or_default(),
             add_special_tokens: self.add_special_tokens.unwrap_or(false),
         }
+    }
+}
+
+/// The messages with an absent or `null` content (an assistant message
+/// that only called tools, as OpenAI allows) as an empty string, which
+/// every chat template can render.
+fn without_null_content(messages: &[Value]) -> std::borrow::Cow<'_, [Value]> {
+    let empty = |m: &Value| m.get("content").is_none_or(Value::is_null);
+    if !messages.iter().any(empty) {
+        return std::borrow::Cow::Borrowed(messages);
+    }
+    let mut owned = messages.to_vec();
+    for m in owned.iter_mut() {
+        if empty(m) {
+            if let Some(obj) = m.as_object_mut() {
+                obj.insert("content".into(), Value::String(String::new()));
+            }
+        }
+    }
+    std::borrow::Cow::Owned(owned)
+}
+
+/// `tools`: a list of `{"type": "function", "function": {"name": ...}}`.
+fn check_tools(tools: Option<&Value>) -> Result<(), ApiError> {
+    let items = match tools {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`tools` must be a list of tool objects.",
+                Some("tools"),
+            ))
+        }
+    };
+    for (i, t) in items.iter().enumerate() {
+        let param = format!("tools[{i}]");
+        let bad = |m: String| Err(ApiError::bad_request(m, Some(&param)));
+        if t.get("type").and_then(Value::as_str) != Some("function") {
+            return bad(format!("{param}.type must be \"function\"."));
+        }
+        let Some(f) = t.get("function").and_then(Value::as_object) else {
+            return bad(format!("{param}.function must be an object."));
+        };
+        if !f.get("name").is_some_and(Value::is_string) {
+            return bad(format!("{param}.function.name must be a string."));
+        }
+        if f.get("parameters")
+            .is_some_and(|p| !p.is_object() && !p.is_null())
+        {
+            return bad(format!(
+                "{param}.function.parameters must be a JSON Schema object."
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `tool_choice`: `none`, `auto`, `required`, or a named function.
+fn check_tool_choice(choice: &Value) -> Result<(), ApiError> {
+    let named = choice.get("type").and_then(Value::as_str) == Some("function")
+        && choice
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .is_some_and(Value::is_string);
+    match choice {
+        Value::String(s) if matches!(s.as_str(), "none" | "auto" | "required") => Ok(()),
+        Value::Object(_) if named => Ok(()),
+        _ => Err(ApiError::bad_request(
+            "`tool_choice` must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}.",
+            Some("tool_choice"),
+        )),
     }
 }
 

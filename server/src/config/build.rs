@@ -10,6 +10,7 @@ use super::schema::{ApplicationSchema, DeploymentOptions, NumReplicas};
 use super::{from_value_at, ConfigError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
 /// The import paths that name this builder (Ray's own is accepted so a
 /// Ray Serve LLM config loads unchanged).
@@ -32,6 +33,10 @@ pub struct ModelSpec {
     pub engine_kwargs: Map<String, Value>,
     pub accelerator_type: Option<String>,
     pub max_num_adapters_per_replica: Option<u32>,
+    /// `runtime_env.env_vars` of the application and the LLM config (the
+    /// latter wins), set in each replica's environment.
+    #[serde(default)]
+    pub env_vars: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -107,6 +112,7 @@ pub fn build_app(app: &ApplicationSchema, index: usize) -> Result<AppPlan, Confi
         ));
     }
     let configs = llm_configs(&app.args, &format!("{path}.args"))?;
+    let app_env = runtime_env_vars(&app.runtime_env, &format!("{path}.runtime_env"))?;
     let app_code =
         serde_json::json!({"import_path": app.import_path, "runtime_env": app.runtime_env})
             .to_string();
@@ -114,7 +120,23 @@ pub fn build_app(app: &ApplicationSchema, index: usize) -> Result<AppPlan, Confi
     let mut models = Vec::new();
     for (i, c) in configs.iter().enumerate() {
         let cpath = format!("{path}.args.llm_configs[{i}]");
-        let spec = model_spec(c, &cpath)?;
+        let mut spec = model_spec(c, &cpath)?;
+        let mut env = app_env.clone();
+        if let Some(r) = &c.runtime_env {
+            env.extend(runtime_env_vars(r, &format!("{cpath}.runtime_env"))?);
+        }
+        spec.env_vars = env;
+        if let Some(r) = c
+            .deployment_config
+            .ray_actor_options
+            .as_ref()
+            .and_then(|o| o.runtime_env.as_ref())
+        {
+            runtime_env_vars(
+                r,
+                &format!("{cpath}.deployment_config.ray_actor_options.runtime_env"),
+            )?;
+        }
         if models.contains(&spec.model_id) {
             return Err(ConfigError::at(
                 format!("{cpath}.model_loading_config.model_id"),
@@ -180,6 +202,13 @@ pub fn build_app(app: &ApplicationSchema, index: usize) -> Result<AppPlan, Confi
             ));
         }
         resolve::validate(o, &dpath)?;
+        if let Some(r) = o
+            .ray_actor_options
+            .as_ref()
+            .and_then(|a| a.runtime_env.as_ref())
+        {
+            runtime_env_vars(r, &format!("{dpath}.ray_actor_options.runtime_env"))?;
+        }
     }
     let deployments = built
         .into_iter()
@@ -215,6 +244,55 @@ pub fn build_app(app: &ApplicationSchema, index: usize) -> Result<AppPlan, Confi
         ingress: ROUTER_DEPLOYMENT.to_string(),
         deployments,
     })
+}
+
+/// The environment variables a `runtime_env` sets. `env_vars` (names to
+/// strings) is the one field that applies to a replica process; Python
+/// packaging fields (`pip`, `conda`, `working_dir`, ...) have nothing to
+/// act on, so they are refused rather than silently ignored.
+pub fn runtime_env_vars(
+    env: &Map<String, Value>,
+    path: &str,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (key, value) in env {
+        if key != "env_vars" {
+            return Err(ConfigError::at(
+                format!("{path}.{key}"),
+                "not supported: replicas are native processes, so only runtime_env.env_vars applies",
+            ));
+        }
+        let Some(vars) = value.as_object() else {
+            return Err(ConfigError::at(
+                format!("{path}.env_vars"),
+                "expected a mapping of variable names to strings",
+            ));
+        };
+        for (name, v) in vars {
+            let valid_name = !name.is_empty()
+                && !name.contains('=')
+                && !name.contains('\0')
+                && !name.starts_with("LLM_SERVE_");
+            if !valid_name {
+                return Err(ConfigError::at(
+                    format!("{path}.env_vars.{name}"),
+                    "expected a variable name without `=` (names starting with LLM_SERVE_ are set by llm-serve itself)",
+                ));
+            }
+            match v {
+                Value::String(text) if !text.contains('\0') => {
+                    out.insert(name.clone(), text.clone());
+                }
+                _ => {
+                    return Err(ConfigError::at(
+                        format!("{path}.env_vars.{name}"),
+                        format!("expected a string, got {v}"),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Ray Serve LLM's defaults for engine deployments: the engine queues,
@@ -345,5 +423,6 @@ fn model_spec(c: &LlmConfig, path: &str) -> Result<ModelSpec, ConfigError> {
             .lora_config
             .as_ref()
             .map(|l| l.max_num_adapters_per_replica),
+        env_vars: BTreeMap::new(),
     })
 }

@@ -7,6 +7,7 @@ pub mod build;
 pub mod llm;
 pub mod resolve;
 pub mod schema;
+mod unique_keys;
 
 pub use build::AppPlan;
 pub use resolve::DeploymentConfig;
@@ -54,11 +55,32 @@ pub fn from_value_at<T: DeserializeOwned>(value: Value, base: &str) -> Result<T,
     })
 }
 
-/// Parses config text (YAML, of which JSON is a subset) into a value.
+/// Parses config text (YAML, of which JSON is a subset) into a value; a
+/// key given twice in one mapping is an error naming it (YAML parsers
+/// would silently keep the last one).
 pub fn parse_text(text: &str) -> Result<Value, ConfigError> {
-    let value: Value = serde_yaml_ng::from_str(text)
-        .map_err(|e| ConfigError::at("(config)", format!("not valid YAML or JSON: {e}")))?;
-    Ok(value)
+    parse_yaml(text).map_err(|(path, e)| ConfigError::at(path, e))
+}
+
+/// YAML or JSON text to a value, refusing duplicate keys; errors are the
+/// path where it went wrong and what.
+fn parse_yaml(text: &str) -> Result<Value, (String, String)> {
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    match serde_path_to_error::deserialize::<_, unique_keys::UniqueKeys>(de) {
+        Ok(v) => Ok(v.0),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            if inner.starts_with(unique_keys::DUPLICATE) {
+                Err((path, inner))
+            } else {
+                Err((
+                    "(config)".into(),
+                    format!("not valid YAML or JSON: {inner}"),
+                ))
+            }
+        }
+    }
 }
 
 /// Reads a YAML or JSON file named in a config; a relative path is taken
@@ -67,8 +89,7 @@ fn read_file_value(file: &str, base_dir: Option<&Path>) -> Result<Value, String>
     let path = resolve_path(file, base_dir);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_yaml_ng::from_str(&text)
-        .map_err(|e| format!("{} is not valid YAML or JSON: {e}", path.display()))
+    parse_yaml(&text).map_err(|(at, e)| format!("{}: {at}: {e}", path.display()))
 }
 
 fn resolve_path(file: &str, base_dir: Option<&Path>) -> PathBuf {
@@ -137,6 +158,27 @@ pub fn check(mut value: Value, base_dir: Option<&Path>) -> Result<Checked, Confi
     })
 }
 
+/// What may go wrong later although the config is valid: a model source
+/// that is neither on this machine nor a Hugging Face id (its replicas
+/// will fail to start unless it appears before they do).
+pub fn warnings(checked: &Checked) -> Vec<String> {
+    let mut out = Vec::new();
+    for app in &checked.apps {
+        for d in &app.deployments {
+            let Some(m) = d.model() else { continue };
+            if let Err(e) = llm_serve_models::ModelSource::parse(&m.model_source) {
+                out.push(format!(
+                    "application '{}', deployment '{}': model_source \"{}\" cannot be found here ({e}); its replicas will fail to start unless it appears",
+                    app.name,
+                    d.name(),
+                    m.model_source
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Replaces `llm_configs` entries that are file paths by the files'
 /// contents.
 fn inline_llm_config_files(value: &mut Value, base_dir: Option<&Path>) -> Result<(), ConfigError> {
@@ -188,16 +230,23 @@ fn check_global(c: &ServeDeploySchema) -> Result<(), ConfigError> {
 }
 
 /// Ray Serve's rules for a route prefix: starts with `/`, no trailing `/`
-/// (except `/` itself), no `{` or `}`.
+/// (except `/` itself), no `{` or `}`; and ours: only characters a
+/// request path can hold as they are (RFC 3986's), so every prefix can
+/// be reached.
 fn check_route_prefix(prefix: &str, path: &str) -> Result<(), ConfigError> {
+    let path_char = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/".contains(c);
     let problem = if !prefix.starts_with('/') {
-        Some("must start with \"/\"")
+        Some("must start with \"/\"".to_string())
     } else if prefix.len() > 1 && prefix.ends_with('/') {
-        Some("must not end with \"/\" (unless it is \"/\")")
+        Some("must not end with \"/\" (unless it is \"/\")".to_string())
     } else if prefix.contains('{') || prefix.contains('}') {
-        Some("must not contain \"{\" or \"}\"")
+        Some("must not contain \"{\" or \"}\"".to_string())
     } else {
-        None
+        prefix.chars().find(|&c| !path_char(c)).map(|c| {
+            format!(
+                "holds {c:?}, which a request path cannot carry as it is: use letters, digits and -._~!$&'()*+,;=:@/ only"
+            )
+        })
     };
     match problem {
         Some(p) => Err(ConfigError::at(

@@ -90,6 +90,10 @@ impl ApplicationState {
     /// updated in place or rolled, and removed.
     pub fn update(&mut self, plan: AppPlan, config: Value, deployed_s: f64, shared: &Shared) {
         self.deleting = false;
+        // A deploy that changes the application makes it DEPLOYING at
+        // once, until every deployment has reached its new target.
+        self.status = ApplicationStatus::Deploying;
+        self.message.clear();
         self.deployed_app_config = config;
         self.last_deployed_time_s = deployed_s;
         let moved = self.route_prefix != plan.route_prefix;

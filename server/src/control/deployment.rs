@@ -10,9 +10,12 @@ use super::status::{DeploymentDetails, DeploymentStatus, ReplicaDetails, Replica
 use super::Shared;
 use crate::config::build::{DeploymentKind, DeploymentPlan};
 use crate::config::schema::{Encoding, LoggingConfig};
-use crate::resources::{Allocation, ResourceRequest, Shortage};
+use crate::resources::{
+    replica_memory, Allocation, MemoryAsk, ReplicaMemory, ResourceRequest, Shortage,
+};
 use llm_serve_router as router;
 use rand::distr::{Alphanumeric, SampleString};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -76,6 +79,8 @@ pub struct DeploymentState {
     failed_replicas: Option<String>,
     /// Replicas that cannot be placed, why, and what is free.
     pending: Option<(u32, String, String)>,
+    /// Since when replicas have been waiting to be placed.
+    pending_since: Option<Instant>,
     /// The router's view of this deployment (engine deployments only).
     pub router: Option<Arc<router::Deployment>>,
     pub deleting: bool,
@@ -86,6 +91,19 @@ pub struct DeploymentState {
     /// Replicas wanted: `num_replicas`, or the autoscaler's choice.
     target: u32,
     autoscaler: Option<Autoscaler>,
+    /// Presented by the router on every call to this deployment's
+    /// replicas, which refuse calls without it.
+    secret: String,
+    /// What one replica reserves, as last worked out (for messages).
+    request: ResourceRequest,
+}
+
+/// Why a replica was not started.
+enum NotStarted {
+    /// It waits for resources to free up.
+    Short(Shortage),
+    /// It can never start as configured.
+    Invalid(String),
 }
 
 impl DeploymentState {
@@ -120,6 +138,7 @@ impl DeploymentState {
             retry_at: None,
             failed_replicas: None,
             pending: None,
+            pending_since: None,
             router,
             deleting: false,
             next_slow_warning: Instant::now() + SLOW_START,
@@ -127,8 +146,16 @@ impl DeploymentState {
             router_ids: Vec::new(),
             target,
             autoscaler,
+            secret: Alphanumeric.sample_string(&mut rand::rng(), 32),
+            request: ResourceRequest::default(),
         };
+        let mut d = d;
+        d.request = resource_request(&d.plan, 0.0);
         d.apply_limits();
+        if let Some(r) = &d.router {
+            // Its replicas are on their way from now on.
+            r.set_expecting(d.target() > 0);
+        }
         d
     }
 
@@ -194,6 +221,7 @@ impl DeploymentState {
                 self.plan.config.initial_replicas()
             );
             self.version = version;
+            self.status = DeploymentStatus::Updating;
         }
         let new = &self.plan.config;
         // A fixed count is taken as is; with autoscaling the current
@@ -218,6 +246,7 @@ impl DeploymentState {
                 self.target
             );
             self.target = target;
+            self.status = DeploymentStatus::Updating;
         }
         self.apply_limits();
         let health = self.health();
@@ -246,6 +275,9 @@ impl DeploymentState {
         self.router = router;
         self.router_ids.clear();
         self.apply_limits();
+        if let Some(r) = &self.router {
+            r.set_expecting(self.target() > 0 && !self.blocked());
+        }
     }
 
     /// Stops every replica; the deployment is gone once they are.
@@ -492,10 +524,25 @@ impl DeploymentState {
         while started < batch {
             match self.start_replica(shared) {
                 Ok(()) => started += 1,
-                Err(shortage) => {
+                Err(NotStarted::Short(shortage)) => {
                     let free = available_text(&shared.allocator.available());
-                    self.pending = Some((missing - started, shortage.to_string(), free));
+                    let pending = (missing - started, shortage.to_string(), free);
+                    if self.pending_since.is_none() {
+                        self.pending_since = Some(Instant::now());
+                        tracing::warn!("{}", self.cannot_place_message(&pending));
+                    }
+                    self.pending = Some(pending);
                     self.make_room(rolling, counts);
+                    break;
+                }
+                Err(NotStarted::Invalid(message)) => {
+                    tracing::error!(
+                        "Deployment {} in application '{}' cannot start a replica: {message}",
+                        self.name,
+                        self.app
+                    );
+                    self.start_failures = MAX_START_FAILURES;
+                    self.last_start_error = Some(message);
                     break;
                 }
             }
@@ -545,12 +592,39 @@ impl DeploymentState {
             .unwrap_or_else(|| shared.global_logging.clone())
     }
 
-    fn start_replica(&mut self, shared: &mut Shared) -> Result<(), Shortage> {
+    /// The share of the node's memory one replica reserves and its KV
+    /// budget, from the model's files and its settings.
+    fn replica_memory(&self, shared: &Shared) -> Result<ReplicaMemory, String> {
+        let DeploymentKind::LlmServer(spec) = &self.plan.kind else {
+            return Ok(ReplicaMemory {
+                share_bytes: 0,
+                kv_cache_bytes: 0,
+            });
+        };
+        let engine =
+            llm_serve_engine::EngineConfig::from_kwargs(&Value::Object(spec.engine_kwargs.clone()))
+                .map_err(|e| e.to_string())?;
+        replica_memory(&MemoryAsk {
+            actor_memory_bytes: self.plan.config.ray_actor_options.memory,
+            weights_bytes: llm_serve_models::local_weights_bytes(&spec.model_source).unwrap_or(0),
+            kv_cache_memory_bytes: engine.kv_cache_memory_bytes.map(|b| b as u64),
+            kv_cache_memory_fraction: engine.kv_cache_memory_fraction,
+            node_memory_bytes: shared.allocator.node_memory_bytes(),
+        })
+    }
+
+    fn start_replica(&mut self, shared: &mut Shared) -> Result<(), NotStarted> {
+        let memory = self.replica_memory(shared).map_err(NotStarted::Invalid)?;
+        self.request = resource_request(&self.plan, memory.share_bytes as f64);
         let DeploymentKind::LlmServer(spec) = &self.plan.kind else {
             return Ok(());
         };
         let options = &self.plan.config.ray_actor_options;
-        let allocation = shared.allocator.allocate(&resource_request(&self.plan))?;
+        let allocation = shared
+            .allocator
+            .allocate(&self.request)
+            .map_err(NotStarted::Short)?;
+        self.pending_since = None;
         let suffix = Alphanumeric.sample_string(&mut rand::rng(), 6);
         let id = format!("{}#{}#{suffix}", self.app, self.name);
         let logging = self.logging(shared);
@@ -570,7 +644,14 @@ impl DeploymentState {
             self.app, self.name
         )));
         let threads = allocation.threads();
-        let mut env = vec![
+        // The user's variables first: llm-serve's own come after and win.
+        let mut env: Vec<(String, String)> = spec
+            .env_vars
+            .iter()
+            .chain(&runtime_env_vars(&options.runtime_env))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.extend([
             (
                 "CUDA_VISIBLE_DEVICES".to_string(),
                 allocation.cuda_visible_devices(),
@@ -593,7 +674,7 @@ impl DeploymentState {
             ),
             (crate::logs::APPLICATION_ENV.into(), self.app.clone()),
             (crate::logs::DEPLOYMENT_ENV.into(), self.name.clone()),
-        ];
+        ]);
         if let Some(f) = allocation.gpu_memory_fraction() {
             env.push((
                 crate::replica::GPU_MEMORY_FRACTION_ENV.into(),
@@ -609,10 +690,17 @@ impl DeploymentState {
         if let Some(t) = &options.accelerator_type {
             env.push((crate::replica::ACCELERATOR_TYPE_ENV.into(), t.clone()));
         }
+        // The KV cache is sized from the share reserved for it, not from
+        // whatever memory happens to be free when the replica starts.
+        let mut engine_kwargs = spec.engine_kwargs.clone();
+        engine_kwargs.insert(
+            "kv_cache_memory_bytes".into(),
+            Value::from(memory.kv_cache_bytes),
+        );
         let launch = Launch {
             replica_id: id.clone(),
             model_source: spec.model_source.clone(),
-            engine_kwargs: serde_json::Value::Object(spec.engine_kwargs.clone()),
+            engine_kwargs: Value::Object(engine_kwargs),
             threads,
             env,
             log_file: log_file.clone(),
@@ -622,6 +710,8 @@ impl DeploymentState {
             health: self.health(),
             graceful_shutdown_timeout: self.graceful().1,
             user_config: self.plan.config.user_config.clone(),
+            secret: self.secret.clone(),
+            max_message_bytes: shared.router_config.max_replica_message_bytes(),
         };
         let commands = replica::start(launch, shared.reports.clone());
         shared
@@ -698,6 +788,8 @@ impl DeploymentState {
         } else if changed {
             dep.replicas_changed();
         }
+        // Requests wait for replicas on their way instead of a 503.
+        dep.set_expecting(self.target() > 0 && !self.blocked());
         let serving = self.replicas.iter().any(|r| r.state.is_serving());
         dep.set_problem(match (&self.last_start_error, serving) {
             (Some(e), false) if self.blocked() => Some(format!(
@@ -737,16 +829,10 @@ impl DeploymentState {
                 DeploymentStatus::Unhealthy,
                 format!("{m}; a replacement is starting."),
             )
-        } else if let Some((n, shortage, free)) = &self.pending {
+        } else if let Some(pending) = &self.pending {
             (
                 DeploymentStatus::Updating,
-                format!(
-                    "Deployment '{}' in application '{}' has {n} replica{} that cannot be placed: {shortage}. Resources required for each replica: {}, resources available: {free}.",
-                    self.name,
-                    self.app,
-                    if *n == 1 { "" } else { "s" },
-                    resource_request(&self.plan).describe()
-                ),
+                self.cannot_place_message(pending),
             )
         } else {
             (DeploymentStatus::Updating, String::new())
@@ -767,10 +853,35 @@ impl DeploymentState {
         self.message = message;
     }
 
+    fn cannot_place_message(&self, (n, shortage, free): &(u32, String, String)) -> String {
+        format!(
+            "Deployment '{}' in application '{}' has {n} replica{} that cannot be placed: {shortage}. Resources required for each replica: {}, resources available: {free}.",
+            self.name,
+            self.app,
+            if *n == 1 { "" } else { "s" },
+            self.request.describe()
+        )
+    }
+
     fn warn_slow_starts(&mut self) {
         let now = Instant::now();
+        if self.pending.is_none() {
+            self.pending_since = None;
+        }
         if now < self.next_slow_warning {
             return;
+        }
+        let mut warned = false;
+        if let (Some(since), Some((n, _, free))) = (self.pending_since, &self.pending) {
+            if now.duration_since(since) > SLOW_START {
+                warned = true;
+                tracing::warn!(
+                    "Deployment '{}' in application '{}' has {n} replicas that have taken more than 30s to be scheduled. This may be due to waiting for resources held by other replicas to free up. Resources required for each replica: {}, resources available: {free}. Use `llm-serve status` for more details.",
+                    self.name,
+                    self.app,
+                    self.request.describe()
+                );
+            }
         }
         let slow = self
             .replicas
@@ -783,6 +894,9 @@ impl DeploymentState {
                 self.name,
                 self.app
             );
+            warned = true;
+        }
+        if warned {
             self.next_slow_warning = now + SLOW_START;
         }
     }
@@ -849,16 +963,25 @@ impl Counts {
     }
 }
 
-/// What one replica of `plan` reserves.
-fn resource_request(plan: &DeploymentPlan) -> ResourceRequest {
+/// What one replica of `plan` reserves, with `memory_bytes` of the
+/// node's memory.
+fn resource_request(plan: &DeploymentPlan, memory_bytes: f64) -> ResourceRequest {
     let o = &plan.config.ray_actor_options;
     ResourceRequest {
         num_cpus: o.num_cpus,
         num_gpus: o.num_gpus,
-        memory_bytes: o.memory,
+        memory_bytes,
         resources: o.resources.clone(),
         accelerator_type: o.accelerator_type.clone(),
     }
+}
+
+/// The variables of an actor's `runtime_env` (checked when the config was).
+fn runtime_env_vars(
+    runtime_env: &serde_json::Map<String, Value>,
+) -> std::collections::BTreeMap<String, String> {
+    crate::config::build::runtime_env_vars(runtime_env, "ray_actor_options.runtime_env")
+        .unwrap_or_default()
 }
 
 fn available_text(free: &std::collections::BTreeMap<String, f64>) -> String {

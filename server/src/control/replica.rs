@@ -5,6 +5,7 @@
 
 use crate::replica_process::{ReplicaChild, ReplicaEvent};
 use llm_serve_proto as pb;
+use llm_serve_router::replicas::Connection;
 use llm_serve_router::Replica;
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -45,6 +46,11 @@ pub struct Launch {
     pub health: HealthTimings,
     pub graceful_shutdown_timeout: Duration,
     pub user_config: Option<Value>,
+    /// The deployment's secret: the replica answers only calls that carry
+    /// it (handed over in its environment, never on its command line).
+    pub secret: String,
+    /// The largest reply the router takes from it.
+    pub max_message_bytes: usize,
 }
 
 /// What the controller tells a replica's task.
@@ -134,17 +140,18 @@ async fn run(
         id: launch.replica_id.clone(),
         tx: reports,
     };
-    let (mut child, mut events) =
-        match ReplicaChild::spawn(&args(&launch), &launch.env, Stdio::piped()) {
-            Ok(c) => c,
-            Err(e) => {
-                report.send(Report::StartFailed {
-                    message: format!("{e:#}"),
-                });
-                report.send(Report::Stopped);
-                return;
-            }
-        };
+    let mut env = launch.env.clone();
+    env.push((pb::SECRET_ENV.to_string(), launch.secret.clone()));
+    let (mut child, mut events) = match ReplicaChild::spawn(&args(&launch), &env, Stdio::piped()) {
+        Ok(c) => c,
+        Err(e) => {
+            report.send(Report::StartFailed {
+                message: format!("{e:#}"),
+            });
+            report.send(Report::Stopped);
+            return;
+        }
+    };
     let pid = child.pid().unwrap_or(0);
     report.send(Report::Spawned { pid });
     let tail = Arc::new(Mutex::new(VecDeque::new()));
@@ -171,7 +178,12 @@ async fn run(
         tokio::select! {
             e = events.next(), if events_open => match e {
                 Some(ReplicaEvent::Listening { port }) => {
-                    match Replica::new(&launch.replica_id, &format!("127.0.0.1:{port}")) {
+                    let conn = Connection {
+                        address: format!("127.0.0.1:{port}"),
+                        secret: Some(launch.secret.clone()),
+                        max_message_bytes: launch.max_message_bytes,
+                    };
+                    match Replica::new(&launch.replica_id, &conn) {
                         Ok(r) => {
                             replica = Some(r.clone());
                             report.send(Report::Listening { replica: r });
@@ -226,9 +238,14 @@ async fn run(
                 next_check = Instant::now() + timings.period;
                 let Some(r) = &replica else { continue };
                 match check_health(r, timings.timeout).await {
-                    Ok(()) => failures = 0,
+                    Ok(()) => {
+                        failures = 0;
+                        r.set_suspect(false);
+                    }
                     Err(why) => {
                         failures += 1;
+                        // No new requests until it answers again.
+                        r.set_suspect(true);
                         tracing::warn!(replica = %launch.replica_id, "health check failed ({failures} in a row): {why}");
                         if failures >= HEALTH_FAILURES {
                             report.send(Report::Died {

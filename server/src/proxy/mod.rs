@@ -114,11 +114,23 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             req.headers_mut().insert(REQUEST_ID, v);
         }
-        let ongoing = self
-            .metrics
-            .serve
-            .ongoing_http(&self.options.node_id, &self.options.node_ip);
-        ongoing.inc();
+        let ongoing = Ongoing::new(
+            self.metrics
+                .serve
+                .ongoing_http(&self.options.node_id, &self.options.node_ip),
+        );
+        // Counted and logged as 499 if the client leaves before the
+        // response headers (this future is dropped then).
+        let mut exchange = Exchange {
+            metrics: self.metrics.clone(),
+            method: method.clone(),
+            path: path.clone(),
+            request_id: request_id.clone(),
+            route: String::new(),
+            application: String::new(),
+            started,
+            answered: false,
+        };
         let (route, application, mut response) = match path.as_str() {
             "/-/routes" => (
                 path.clone(),
@@ -138,6 +150,8 @@ impl Proxy {
                 ),
                 Some((r, rest)) => {
                     *req.uri_mut() = below_prefix(req.uri(), &rest);
+                    exchange.route = r.prefix.clone();
+                    exchange.application = r.app.clone();
                     let response = self.forward(r.service, req).await;
                     (r.prefix, r.app, response)
                 }
@@ -147,29 +161,9 @@ impl Proxy {
             response.headers_mut().insert(REQUEST_ID, v);
         }
         let status = response.status();
-        let code = status.as_u16().to_string();
-        let m = &self.metrics.serve;
-        m.num_http_requests
-            .with_label_values(&[&route, method.as_str(), &application, &code])
-            .inc();
-        if status != StatusCode::OK {
-            m.num_http_error_requests
-                .with_label_values(&[&route, &code, method.as_str(), &application])
-                .inc();
-        }
-        let ms = started.elapsed().as_secs_f64() * 1e3;
-        m.http_request_latency_ms
-            .with_label_values(&[method.as_str(), &route, &application, &code])
-            .observe(ms);
-        if crate::logs::access_log_enabled() && !path.starts_with("/-/") && path != "/metrics" {
-            tracing::info!(
-                request_id = %request_id,
-                route = %route,
-                application = %application,
-                "{method} {} {ms:.1}ms",
-                status.as_u16()
-            );
-        }
+        exchange.route = route;
+        exchange.application = application;
+        exchange.record(status.as_u16(), "");
         // The ongoing-requests gauge drops when the body is done; a stream
         // still going at the request timeout is cut there.
         let streaming = response
@@ -226,6 +220,79 @@ impl Proxy {
     }
 }
 
+/// Holds the ongoing-requests gauge up for as long as it lives.
+struct Ongoing(prometheus::Gauge);
+
+impl Ongoing {
+    fn new(gauge: prometheus::Gauge) -> Self {
+        gauge.inc();
+        Ongoing(gauge)
+    }
+}
+
+impl Drop for Ongoing {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Status recorded for a client that left before its response (nginx's
+/// and Ray Serve's 499).
+const CLIENT_CLOSED: u16 = 499;
+
+/// One request's metrics and access line, recorded once: when its
+/// response starts, or — if the client leaves before — when the request
+/// is dropped.
+struct Exchange {
+    metrics: Arc<Metrics>,
+    method: axum::http::Method,
+    path: String,
+    request_id: String,
+    route: String,
+    application: String,
+    started: Instant,
+    answered: bool,
+}
+
+impl Exchange {
+    fn record(&mut self, status: u16, note: &str) {
+        if self.answered {
+            return;
+        }
+        self.answered = true;
+        let code = status.to_string();
+        let (route, app, method) = (&self.route, &self.application, self.method.as_str());
+        let m = &self.metrics.serve;
+        m.num_http_requests
+            .with_label_values(&[route, method, app, &code])
+            .inc();
+        if status != StatusCode::OK.as_u16() {
+            m.num_http_error_requests
+                .with_label_values(&[route, &code, method, app])
+                .inc();
+        }
+        let ms = self.started.elapsed().as_secs_f64() * 1e3;
+        m.http_request_latency_ms
+            .with_label_values(&[method, route, app, &code])
+            .observe(ms);
+        let logged = !self.path.starts_with("/-/") && self.path != "/metrics";
+        if crate::logs::access_log_enabled() && logged {
+            tracing::info!(
+                request_id = %self.request_id,
+                route = %route,
+                application = %app,
+                "{method} {status} {ms:.1}ms{note}"
+            );
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.record(CLIENT_CLOSED, " (client disconnected before the response)");
+    }
+}
+
 /// The client's `X-Request-ID`, or a new one.
 fn request_id(req: &Request<Body>) -> String {
     req.headers()
@@ -250,17 +317,11 @@ fn below_prefix(uri: &Uri, path: &str) -> Uri {
 /// request on its replica).
 fn guarded_body(
     body: Body,
-    ongoing: prometheus::Gauge,
+    ongoing: Ongoing,
     deadline: Option<Instant>,
     request_id: String,
 ) -> Body {
-    struct Done(prometheus::Gauge);
-    impl Drop for Done {
-        fn drop(&mut self) {
-            self.0.dec();
-        }
-    }
-    let done = Done(ongoing);
+    let done = ongoing;
     let stream = body.into_data_stream();
     let cut = async move {
         match deadline {

@@ -195,6 +195,11 @@ impl Allocator {
         })
     }
 
+    /// The node's `memory` resource in bytes.
+    pub fn node_memory_bytes(&self) -> f64 {
+        self.node.memory_bytes
+    }
+
     /// Gives back what `a` held.
     pub fn release(&mut self, a: &Allocation) {
         self.cpus_used = self.cpus_used.saturating_sub(a.cpus);

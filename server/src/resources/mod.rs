@@ -4,8 +4,10 @@
 
 mod allocator;
 mod inventory;
+mod replica_memory;
 
 pub use allocator::{Allocation, Allocator, ResourceRequest, Shortage};
 #[cfg(test)]
 pub use inventory::Gpu;
 pub use inventory::{NodeResources, Overrides};
+pub use replica_memory::{replica_memory, MemoryAsk, ReplicaMemory};

@@ -53,6 +53,9 @@ pub struct Daemon {
     pub admin: String,
     pub state_dir: PathBuf,
     pub args: Vec<String>,
+    /// The admin token it was started with (`--admin-token`), which the
+    /// helpers present.
+    pub token: Option<String>,
     pid: Option<u32>,
 }
 
@@ -104,7 +107,11 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 impl Daemon {
     /// `llm-serve start` with its own ports and state dir, plus `extra`.
     pub fn start(extra: &[&str]) -> Daemon {
-        let state_dir = tempfile_dir();
+        Daemon::start_in(tempfile_dir(), extra)
+    }
+
+    /// `llm-serve start` on `state_dir` with its own ports, plus `extra`.
+    pub fn start_in(state_dir: PathBuf, extra: &[&str]) -> Daemon {
         let http_port = free_port();
         let admin_port = free_port();
         let mut args: Vec<String> = vec![
@@ -116,11 +123,17 @@ impl Daemon {
             state_dir.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        let token = extra
+            .iter()
+            .position(|a| *a == "--admin-token")
+            .and_then(|i| extra.get(i + 1))
+            .map(|t| t.to_string());
         let mut d = Daemon {
             http: format!("http://127.0.0.1:{http_port}"),
             admin: format!("http://127.0.0.1:{admin_port}"),
             state_dir,
             args,
+            token,
             pid: None,
         };
         d.start_again();
@@ -152,10 +165,12 @@ impl Daemon {
 
     /// Runs `llm-serve <args> -a <admin>`.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .args(["-a", &self.admin])
-            .stdin(Stdio::null())
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).args(["-a", &self.admin]);
+        if let Some(t) = &self.token {
+            cmd.args(["--token", t]);
+        }
+        cmd.stdin(Stdio::null())
             .output()
             .expect("run the llm-serve CLI")
     }
@@ -178,9 +193,12 @@ impl Daemon {
 
     /// `GET /api/serve/applications/`.
     pub fn details(&self) -> Value {
-        ureq::get(&format!("{}/api/serve/applications/", self.admin))
-            .timeout(Duration::from_secs(10))
-            .call()
+        let mut r = ureq::get(&format!("{}/api/serve/applications/", self.admin))
+            .timeout(Duration::from_secs(10));
+        if let Some(t) = &self.token {
+            r = r.set("Authorization", &format!("Bearer {t}"));
+        }
+        r.call()
             .expect("GET /api/serve/applications/")
             .into_json()
             .expect("details as JSON")
