@@ -497,3 +497,48 @@ fn too_small_a_kv_cache_is_refused_at_start() {
     .expect("a 1 MiB cache was accepted for a 1024-token context");
     assert!(err.to_string().contains("max_model_len"), "{err}");
 }
+
+/// Every sample of a request is admitted at once, so `n` is bounded by
+/// `max_num_seqs`: a billion samples is a refusal naming `n`, not an
+/// allocation (and the engine keeps serving).
+#[test]
+fn n_is_bounded_by_max_num_seqs() {
+    let e = engine(EngineConfig {
+        max_num_seqs: 4,
+        ..config()
+    });
+    for n in [5, 1_000_000_000] {
+        let params = SamplingParams { n, ..greedy(2) };
+        match e.submit(EngineRequest {
+            prompt: vec![1; 8],
+            params,
+            ..Default::default()
+        }) {
+            Err(EngineError::InvalidParam { param, message }) => {
+                assert_eq!(param, "n");
+                assert!(message.contains("at most 4"), "{message}");
+            }
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("n = {n} accepted with max_num_seqs 4"),
+        }
+    }
+    let params = SamplingParams { n: 0, ..greedy(2) };
+    assert!(e
+        .submit(EngineRequest {
+            prompt: vec![1; 8],
+            params,
+            ..Default::default()
+        })
+        .is_err());
+    let params = SamplingParams { n: 4, ..greedy(2) };
+    let out = collect(
+        e.submit(EngineRequest {
+            prompt: vec![1; 8],
+            params,
+            ..Default::default()
+        })
+        .unwrap(),
+        4,
+    );
+    assert_eq!(out.usage.completion_tokens, 8);
+}

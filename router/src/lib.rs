@@ -5,6 +5,8 @@
 
 pub mod app;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod metrics;
 pub mod openai;
 pub mod replicas;

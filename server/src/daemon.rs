@@ -213,8 +213,8 @@ pub async fn run(
             routes.clone(),
             metrics.clone(),
             ProxyOptions {
-                request_timeout: s.http.request_timeout_s.map(Duration::from_secs_f64),
-                keep_alive_timeout: Duration::from_secs_f64(s.http.keep_alive_timeout_s.max(0.1)),
+                request_timeout: s.http.request_timeout_s.map(crate::config::duration),
+                keep_alive_timeout: crate::config::duration(s.http.keep_alive_timeout_s.max(0.1)),
                 node_id: node_id.clone(),
                 node_ip: node_ip.clone(),
             },

@@ -78,7 +78,7 @@ async fn serve(args: ReplicaArgs, cfg: EngineConfig, threads: usize) -> Result<(
         .context("cannot start the loading thread")?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let drain_state = state.clone();
-    let timeout = Duration::from_secs_f64(args.graceful_shutdown_timeout_s.max(0.0));
+    let timeout = crate::config::duration(args.graceful_shutdown_timeout_s);
     tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, async move {

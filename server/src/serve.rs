@@ -61,7 +61,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         GrpcOptions::default(),
         ProxyLocation::EveryNode,
     )?;
-    s.shutdown_grace =
-        std::time::Duration::from_secs_f64(args.graceful_shutdown_timeout_s.max(0.0) + 5.0);
+    s.shutdown_grace = crate::config::duration(args.graceful_shutdown_timeout_s)
+        + std::time::Duration::from_secs(5);
     crate::start::runtime()?.block_on(daemon::run(s, Some(checked), None))
 }

@@ -63,7 +63,7 @@ fn body_read_timeout(d: &DaemonArgs) -> Result<Duration> {
     if !s.is_finite() || s <= 0.0 {
         anyhow::bail!("--body-read-timeout-s must be a positive number of seconds, got {s}");
     }
-    Ok(Duration::from_secs_f64(s))
+    Ok(crate::config::duration(s))
 }
 
 /// The daemon's settings from the shared flags and the HTTP/gRPC options.

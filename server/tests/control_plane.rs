@@ -9,7 +9,7 @@
 mod common;
 
 use common::daemon::{
-    alive, app, chat, config, get, kill, llm_config, post, wait_until, Daemon, BIN,
+    alive, app, chat, config, get, kill, llm_config, one_app, post, wait_until, Daemon, BIN,
 };
 use common::serial;
 use serde_json::{json, Value};
@@ -19,14 +19,6 @@ use std::time::{Duration, Instant};
 
 const SERVER: &str = "LLMServer:smollm2";
 const UP: Duration = Duration::from_secs(90);
-
-fn one_app(name: &str, prefix: &str, deployment_config: &str) -> String {
-    config(&[app(
-        name,
-        prefix,
-        &[llm_config("smollm2", deployment_config)],
-    )])
-}
 
 /// Requests sent in a loop by `clients` threads until stopped: when each
 /// was sent and how it ended.

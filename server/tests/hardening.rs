@@ -9,7 +9,9 @@
 
 mod common;
 
-use common::daemon::{alive, app, config, get, kill, llm_config, post, wait_until, Daemon, BIN};
+use common::daemon::{
+    alive, app, config, get, kill, llm_config, one_app, post, wait_until, Daemon, BIN,
+};
 use common::{metric_value, serial, Server, MODEL};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -248,14 +250,7 @@ fn the_admin_plane_wants_its_token_its_own_host_and_json() {
             let p = d.state_dir.join("guarded.yaml");
             std::fs::write(
                 &p,
-                config(&[app(
-                    "g",
-                    "/",
-                    &[llm_config(
-                        "smollm2",
-                        "{ray_actor_options: {num_cpus: 0.5}}",
-                    )],
-                )]),
+                one_app("g", "/", "{ray_actor_options: {num_cpus: 0.5}}"),
             )
             .unwrap();
             p
@@ -369,14 +364,11 @@ fn the_admin_plane_wants_its_token_its_own_host_and_json() {
 fn requests_wait_for_starting_replicas_and_route_around_a_frozen_one() {
     let _serial = serial();
     let d = Daemon::start(&[]);
-    d.deploy_ok(&config(&[app(
+    d.deploy_ok(&one_app(
         "w",
         "/",
-        &[llm_config(
-            "smollm2",
-            "{num_replicas: 2, ray_actor_options: {num_cpus: 0.5}}",
-        )],
-    )]));
+        "{num_replicas: 2, ray_actor_options: {num_cpus: 0.5}}",
+    ));
     // Sent while the replicas load: held until one is ready, not a 503.
     let (code, body) = common::daemon::chat(&d.http, 4);
     assert_eq!(code, 200, "{body}");
@@ -453,14 +445,7 @@ fn an_application_is_deploying_from_the_moment_an_update_is_accepted() {
 fn a_replica_killed_while_starting_is_retried_and_serve_leaves_no_goal() {
     let _serial = serial();
     let d = Daemon::start(&[]);
-    d.deploy_ok(&config(&[app(
-        "k",
-        "/",
-        &[llm_config(
-            "smollm2",
-            "{ray_actor_options: {num_cpus: 0.5}}",
-        )],
-    )]));
+    d.deploy_ok(&one_app("k", "/", "{ray_actor_options: {num_cpus: 0.5}}"));
     let mut first = None;
     wait_until("a starting replica", UP, || {
         let r = d.replicas("k", SERVER);
@@ -661,11 +646,7 @@ fn serve_exits_when_its_application_cannot_start() {
 fn unplaceable_replicas_are_logged_and_missing_models_warned_about() {
     let _serial = serial();
     let d = Daemon::start(&["--num-cpus", "1"]);
-    d.deploy_ok(&config(&[app(
-        "p",
-        "/",
-        &[llm_config("smollm2", "{num_replicas: 2}")],
-    )]));
+    d.deploy_ok(&one_app("p", "/", "{num_replicas: 2}"));
     let log_path = d.details()["controller_info"]["log_file_path"]
         .as_str()
         .unwrap()
@@ -748,18 +729,10 @@ fn configs_with_gaps_are_refused_and_runtime_env_reaches_replicas() {
             String::from_utf8_lossy(&out.stderr).to_string(),
         )
     };
-    let base = config(&[app(
-        "c",
-        "/my app",
-        &[llm_config("smollm2", "{num_replicas: 1}")],
-    )]);
+    let base = one_app("c", "/my app", "{num_replicas: 1}");
     let (ok, err) = check("space.yaml", &base);
     assert!(!ok && err.contains("applications[0].route_prefix"), "{err}");
-    let dup = config(&[app(
-        "c",
-        "/",
-        &[llm_config("smollm2", "{num_replicas: 1, num_replicas: 2}")],
-    )]);
+    let dup = one_app("c", "/", "{num_replicas: 1, num_replicas: 2}");
     let (ok, err) = check("dup.yaml", &dup);
     assert!(!ok && err.contains("duplicate key `num_replicas`"), "{err}");
     assert!(
@@ -768,7 +741,7 @@ fn configs_with_gaps_are_refused_and_runtime_env_reaches_replicas() {
     );
     let pip = format!(
         "{}  runtime_env: {{pip: [torch]}}\n",
-        config(&[app("c", "/", &[llm_config("smollm2", "{num_replicas: 1}")],)])
+        one_app("c", "/", "{num_replicas: 1}")
     );
     let (ok, err) = check("pip.yaml", &pip);
     assert!(
@@ -780,14 +753,11 @@ fn configs_with_gaps_are_refused_and_runtime_env_reaches_replicas() {
     let d = Daemon::start(&[]);
     let with_env = format!(
         "{}  runtime_env: {{env_vars: {{HARDENING_PROBE: app-level}}}}\n",
-        config(&[app(
+        one_app(
             "e",
             "/",
-            &[llm_config(
-                "smollm2",
-                "{ray_actor_options: {num_cpus: 0.5, runtime_env: {env_vars: {ACTOR_PROBE: yes}}}}",
-            )],
-        )])
+            "{ray_actor_options: {num_cpus: 0.5, runtime_env: {env_vars: {ACTOR_PROBE: yes}}}}"
+        )
     );
     d.deploy_ok(&with_env);
     d.wait_app("e", "RUNNING", UP);
@@ -800,7 +770,7 @@ fn configs_with_gaps_are_refused_and_runtime_env_reaches_replicas() {
     assert!(env.contains(&"ACTOR_PROBE=yes".to_string()), "{env:?}");
     let huge = format!(
         "{}  runtime_env: {{env_vars: {{BIG: {}}}}}\n",
-        config(&[app("e", "/", &[llm_config("smollm2", "{num_replicas: 1}")])]),
+        one_app("e", "/", "{num_replicas: 1}"),
         "x".repeat(9 << 20)
     );
     let out = d.deploy(&huge);

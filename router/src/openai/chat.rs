@@ -8,6 +8,7 @@ use super::response::{
 use super::sse::{chunks, sse_response, SseEvents};
 use crate::app::{App, Body, RequestContext};
 use crate::error::ApiError;
+use crate::replicas::{Deployment, Models};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -23,26 +24,12 @@ pub async fn chat_completions(
     Extension(ctx): Extension<RequestContext>,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    require(&body, "messages")?;
-    let common: CommonFields = fields(&body)?;
-    let chat: ChatFields = fields(&body)?;
-    common.check()?;
-    chat.check()?;
-    let deployment = app.models.resolve(common.model.as_deref())?;
-    check_fan_out(common.n(), 1, deployment.max_num_seqs())?;
-    let sampling = common.sampling(
-        chat.max_completion_tokens.or(common.max_tokens),
-        chat.logprobs()?,
-    )?;
-    let n = sampling.n.max(1);
-    let request = pb::GenerateRequest {
-        request_id: ctx.request_id.clone(),
-        adapter_id: String::new(),
-        input: Some(pb::generate_request::Input::Chat(chat.chat_input())),
-        sampling: Some(sampling),
-        priority: common.priority.unwrap_or(0),
-        echo_prompt: false,
-    };
+    let Prepared {
+        deployment,
+        common,
+        request,
+    } = prepare(&app.models, &ctx.request_id, &body)?;
+    let n = request.sampling.as_ref().map_or(1, |s| s.n.max(1));
     let generation = generation::start(&deployment, request).await?;
     let meta = Meta::new("chatcmpl", &ctx.request_id, &deployment.model_id);
     if common.stream() {
@@ -60,6 +47,46 @@ pub async fn chat_completions(
     } else {
         Ok(Json(complete(meta, generation).await?).into_response())
     }
+}
+
+/// A chat request checked as far as it can be before a replica sees it.
+pub(crate) struct Prepared {
+    pub deployment: Arc<Deployment>,
+    pub common: CommonFields,
+    pub request: pb::GenerateRequest,
+}
+
+/// Reads and checks a chat body and resolves its model: everything that
+/// is the router's to refuse (400 naming the field, 404 for the model).
+pub(crate) fn prepare(
+    models: &Models,
+    request_id: &str,
+    body: &Value,
+) -> Result<Prepared, ApiError> {
+    require(body, "messages")?;
+    let common: CommonFields = fields(body)?;
+    let chat: ChatFields = fields(body)?;
+    common.check()?;
+    chat.check()?;
+    let deployment = models.resolve(common.model.as_deref())?;
+    check_fan_out(common.n(), 1, deployment.max_num_seqs())?;
+    let sampling = common.sampling(
+        chat.max_completion_tokens.or(common.max_tokens),
+        chat.logprobs()?,
+    )?;
+    let request = pb::GenerateRequest {
+        request_id: request_id.to_string(),
+        adapter_id: String::new(),
+        input: Some(pb::generate_request::Input::Chat(chat.chat_input())),
+        sampling: Some(sampling),
+        priority: common.priority.unwrap_or(0),
+        echo_prompt: false,
+    };
+    Ok(Prepared {
+        deployment,
+        common,
+        request,
+    })
 }
 
 async fn complete(meta: Meta, generation: Generation) -> Result<Value, ApiError> {

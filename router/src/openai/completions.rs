@@ -8,6 +8,7 @@ use super::response::{
 use super::sse::{chunks, sse_response, SseEvents};
 use crate::app::{App, Body, RequestContext};
 use crate::error::ApiError;
+use crate::replicas::{Deployment, Models};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -26,43 +27,15 @@ pub async fn completions(
     Extension(ctx): Extension<RequestContext>,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    require(&body, "prompt")?;
-    let common: CommonFields = fields(&body)?;
-    let comp: CompletionFields = fields(&body)?;
-    common.check()?;
-    comp.check()?;
-    let prompts = comp.prompts()?;
-    let deployment = app.models.resolve(common.model.as_deref())?;
-    check_fan_out(common.n(), prompts.len(), deployment.max_num_seqs())?;
-    let sampling = common.sampling(
-        Some(common.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
-        comp.logprobs,
-    )?;
-    let n = sampling.n.max(1);
-    let echo = comp.echo.unwrap_or(false);
-    let add_special_tokens = comp.add_special_tokens.unwrap_or(true);
-    let starts = prompts.iter().enumerate().map(|(i, p)| {
-        let input = match p {
-            Prompt::Text(t) => pb::generate_request::Input::Text(pb::TextPrompt {
-                text: t.clone(),
-                add_special_tokens,
-            }),
-            Prompt::Tokens(ids) => {
-                pb::generate_request::Input::Tokens(pb::TokenPrompt { ids: ids.clone() })
-            }
-        };
-        let request = pb::GenerateRequest {
-            request_id: if prompts.len() == 1 {
-                ctx.request_id.clone()
-            } else {
-                format!("{}-{i}", ctx.request_id)
-            },
-            adapter_id: String::new(),
-            input: Some(input),
-            sampling: Some(sampling.clone()),
-            priority: common.priority.unwrap_or(0),
-            echo_prompt: echo && matches!(p, Prompt::Tokens(_)),
-        };
+    let Prepared {
+        deployment,
+        common,
+        prompts,
+        requests,
+        n,
+        echo,
+    } = prepare(&app.models, &ctx.request_id, &body)?;
+    let starts = requests.into_iter().map(|request| {
         let deployment = deployment.clone();
         async move { generation::start(&deployment, request).await }
     });
@@ -142,6 +115,76 @@ pub async fn completions(
         body["usage"] = usage(u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens);
         Ok(Json(body).into_response())
     }
+}
+
+/// A completions request checked as far as it can be before a replica
+/// sees it: one replica request per prompt.
+pub(crate) struct Prepared {
+    pub deployment: Arc<Deployment>,
+    pub common: CommonFields,
+    pub prompts: Vec<Prompt>,
+    pub requests: Vec<pb::GenerateRequest>,
+    /// Samples per prompt.
+    pub n: u32,
+    pub echo: bool,
+}
+
+/// Reads and checks a completions body and resolves its model.
+pub(crate) fn prepare(
+    models: &Models,
+    request_id: &str,
+    body: &Value,
+) -> Result<Prepared, ApiError> {
+    require(body, "prompt")?;
+    let common: CommonFields = fields(body)?;
+    let comp: CompletionFields = fields(body)?;
+    common.check()?;
+    comp.check()?;
+    let prompts = comp.prompts()?;
+    let deployment = models.resolve(common.model.as_deref())?;
+    check_fan_out(common.n(), prompts.len(), deployment.max_num_seqs())?;
+    let sampling = common.sampling(
+        Some(common.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
+        comp.logprobs,
+    )?;
+    let n = sampling.n.max(1);
+    let echo = comp.echo.unwrap_or(false);
+    let add_special_tokens = comp.add_special_tokens.unwrap_or(true);
+    let requests = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let input = match p {
+                Prompt::Text(t) => pb::generate_request::Input::Text(pb::TextPrompt {
+                    text: t.clone(),
+                    add_special_tokens,
+                }),
+                Prompt::Tokens(ids) => {
+                    pb::generate_request::Input::Tokens(pb::TokenPrompt { ids: ids.clone() })
+                }
+            };
+            pb::GenerateRequest {
+                request_id: if prompts.len() == 1 {
+                    request_id.to_string()
+                } else {
+                    format!("{request_id}-{i}")
+                },
+                adapter_id: String::new(),
+                input: Some(input),
+                sampling: Some(sampling.clone()),
+                priority: common.priority.unwrap_or(0),
+                echo_prompt: echo && matches!(p, Prompt::Tokens(_)),
+            }
+        })
+        .collect();
+    Ok(Prepared {
+        deployment,
+        common,
+        prompts,
+        requests,
+        n,
+        echo,
+    })
 }
 
 const OBJECT: &str = "text_completion";

@@ -79,6 +79,8 @@ pub async fn start(
                     s.message()
                 );
                 inflight.mark_failed();
+                // No new requests for it until a health check passes.
+                inflight.replica.set_suspect(true);
                 tried.push(inflight.replica.id.clone());
                 continue;
             }

@@ -3,6 +3,8 @@
 
 pub mod chat;
 pub mod completions;
+#[cfg(test)]
+mod fuzz;
 mod generation;
 pub mod models;
 mod request;

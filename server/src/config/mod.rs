@@ -4,6 +4,8 @@
 //! deployments by `llm_serve:build_openai_app`.
 
 pub mod build;
+#[cfg(test)]
+mod fuzz;
 pub mod llm;
 pub mod resolve;
 pub mod schema;
@@ -17,6 +19,21 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+
+/// The longest time any setting may name (a year): beyond it the
+/// controller's clocks would overflow.
+pub const MAX_SECONDS: f64 = 31_536_000.0;
+
+/// A setting in seconds as a duration, within `0..=MAX_SECONDS` (NaN is
+/// 0), so no value can overflow a timer.
+pub fn duration(seconds: f64) -> std::time::Duration {
+    let s = if seconds.is_nan() {
+        0.0
+    } else {
+        seconds.clamp(0.0, MAX_SECONDS)
+    };
+    std::time::Duration::from_secs_f64(s)
+}
 
 /// A config that cannot be taken: where, and what was expected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -206,18 +223,18 @@ fn inline_llm_config_files(value: &mut Value, base_dir: Option<&Path>) -> Result
 
 fn check_global(c: &ServeDeploySchema) -> Result<(), ConfigError> {
     if let Some(t) = c.http_options.request_timeout_s {
-        if !t.is_finite() || t <= 0.0 {
+        if !(t.is_finite() && t > 0.0 && t <= MAX_SECONDS) {
             return Err(ConfigError::at(
                 "http_options.request_timeout_s",
-                format!("expected a positive number of seconds, got {t}"),
+                format!("expected a positive number of seconds up to {MAX_SECONDS}, got {t}"),
             ));
         }
     }
     let k = c.http_options.keep_alive_timeout_s;
-    if !k.is_finite() || k < 0.0 {
+    if !(0.0..=MAX_SECONDS).contains(&k) {
         return Err(ConfigError::at(
             "http_options.keep_alive_timeout_s",
-            format!("expected a number of seconds >= 0, got {k}"),
+            format!("expected a number of seconds from 0 to {MAX_SECONDS}, got {k}"),
         ));
     }
     if !c.grpc_options.grpc_servicer_functions.is_empty() {

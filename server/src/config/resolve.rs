@@ -183,14 +183,19 @@ pub fn validate(o: &DeploymentOptions, path: &str) -> Result<(), ConfigError> {
         ),
     ] {
         if let Some(v) = v {
-            let ok = v.is_finite() && if positive { v > 0.0 } else { v >= 0.0 };
+            let ok = v.is_finite()
+                && v <= super::MAX_SECONDS
+                && if positive { v > 0.0 } else { v >= 0.0 };
             if !ok {
                 let what = if positive {
                     "a positive number of seconds"
                 } else {
                     "a number of seconds >= 0"
                 };
-                return Err(err(field, &format!("expected {what}, got {v}")));
+                return Err(err(
+                    field,
+                    &format!("expected {what} up to {}, got {v}", super::MAX_SECONDS),
+                ));
             }
         }
     }
@@ -265,10 +270,13 @@ pub fn validate(o: &DeploymentOptions, path: &str) -> Result<(), ConfigError> {
             ("look_back_period_s", a.look_back_period_s),
         ] {
             if let Some(v) = v {
-                if !v.is_finite() || v < 0.0 {
+                if !(0.0..=super::MAX_SECONDS).contains(&v) {
                     return Err(err(
                         &p(field),
-                        &format!("expected a number of seconds >= 0, got {v}"),
+                        &format!(
+                            "expected a number of seconds from 0 to {}, got {v}",
+                            super::MAX_SECONDS
+                        ),
                     ));
                 }
             }

@@ -22,7 +22,7 @@ pub struct Autoscaler {
 }
 
 fn secs(s: f64) -> Duration {
-    Duration::from_secs_f64(s.max(0.0))
+    crate::config::duration(s)
 }
 
 impl Autoscaler {

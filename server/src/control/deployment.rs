@@ -176,16 +176,16 @@ impl DeploymentState {
     fn graceful(&self) -> (Duration, Duration) {
         let c = &self.plan.config;
         (
-            Duration::from_secs_f64(c.graceful_shutdown_wait_loop_s),
-            Duration::from_secs_f64(c.graceful_shutdown_timeout_s),
+            crate::config::duration(c.graceful_shutdown_wait_loop_s),
+            crate::config::duration(c.graceful_shutdown_timeout_s),
         )
     }
 
     fn health(&self) -> HealthTimings {
         let c = &self.plan.config;
         HealthTimings {
-            period: Duration::from_secs_f64(c.health_check_period_s),
-            timeout: Duration::from_secs_f64(c.health_check_timeout_s),
+            period: crate::config::duration(c.health_check_period_s),
+            timeout: crate::config::duration(c.health_check_timeout_s),
         }
     }
 

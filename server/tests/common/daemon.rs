@@ -74,6 +74,15 @@ pub fn app(name: &str, prefix: &str, llm_configs: &[String]) -> String {
     )
 }
 
+/// A config of one application serving the default model as `smollm2`.
+pub fn one_app(name: &str, prefix: &str, deployment_config: &str) -> String {
+    config(&[app(
+        name,
+        prefix,
+        &[llm_config("smollm2", deployment_config)],
+    )])
+}
+
 pub fn config(apps: &[String]) -> String {
     format!("applications:\n{}", apps.concat())
 }
