@@ -168,7 +168,6 @@ struct Accounting {
     labels: DeploymentLabels,
     metrics: Arc<Metrics>,
     limits: RwLock<Limits>,
-    queued: AtomicU32,
     /// Tickets of the queued requests, oldest first: a request takes a
     /// replica only when fewer requests wait ahead of it than there are
     /// free places, so the queue is served in order.
@@ -274,7 +273,6 @@ struct Queued<'a> {
 
 impl<'a> Queued<'a> {
     fn new(a: &'a Accounting) -> Self {
-        a.queued.fetch_add(1, Ordering::SeqCst);
         a.metrics
             .serve
             .deployment_queued_queries
@@ -311,7 +309,6 @@ impl Drop for Queued<'_> {
                 line.remove(pos);
             }
         }
-        a.queued.fetch_sub(1, Ordering::SeqCst);
         a.metrics
             .serve
             .deployment_queued_queries
@@ -365,7 +362,6 @@ impl Deployment {
                 labels,
                 metrics,
                 limits: RwLock::new(Limits::default()),
-                queued: AtomicU32::new(0),
                 line: Mutex::new(VecDeque::new()),
                 next_ticket: AtomicU64::new(0),
                 changed: Notify::new(),
@@ -410,7 +406,12 @@ impl Deployment {
 
     /// Requests waiting for a replica with room.
     pub fn queued(&self) -> u32 {
-        self.accounting.queued.load(Ordering::SeqCst)
+        let line = self
+            .accounting
+            .line
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        u32::try_from(line.len()).unwrap_or(u32::MAX)
     }
 
     /// Facts about the loaded model, once a replica has reported them.
@@ -606,5 +607,100 @@ impl Models {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn deployment(max_ongoing_requests: u64) -> Arc<Deployment> {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let d = Deployment::new("m", DeploymentLabels::default(), metrics);
+        d.set_limits(Limits {
+            max_ongoing_requests,
+            ..Limits::default()
+        });
+        d
+    }
+
+    fn replica(id: &str) -> Arc<Replica> {
+        let conn = Connection {
+            address: "127.0.0.1:9".into(),
+            ..Connection::default()
+        };
+        let r = Replica::new(id, &conn).unwrap();
+        r.set_state(ReplicaState::Ready);
+        r
+    }
+
+    #[tokio::test]
+    async fn queued_requests_are_served_in_arrival_order() {
+        let d = deployment(1);
+        d.set_replicas(vec![replica("r")]);
+        let first = d.pick(&[]).await.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut waiters = Vec::new();
+        for i in 0..3 {
+            let (dep, tx) = (d.clone(), tx.clone());
+            waiters.push(tokio::spawn(async move {
+                let held = dep.pick(&[]).await.unwrap();
+                tx.send(i).unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(held);
+            }));
+            // Each joins the line before the next arrives.
+            while d.queued() < i + 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(first);
+        for w in waiters {
+            w.await.unwrap();
+        }
+        let order: Vec<u32> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(order, vec![0, 1, 2]);
+        assert_eq!(d.queued(), 0);
+        // A newcomer does not jump the line when a place frees up.
+        let held = d.pick(&[]).await.unwrap();
+        let waiter = {
+            let d = d.clone();
+            tokio::spawn(async move { d.pick(&[]).await.map(|_| ()) })
+        };
+        while d.queued() < 1 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        use futures::FutureExt;
+        assert!(d.pick(&[]).now_or_never().is_none());
+        waiter.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn requests_wait_for_replicas_on_their_way_and_skip_suspect_ones() {
+        let d = deployment(u64::MAX);
+        // Nothing ready, nothing coming: a 503 at once.
+        assert_eq!(d.pick(&[]).await.err().unwrap().status.as_u16(), 503);
+        // Replicas on their way: the request waits for the first one.
+        d.set_expecting(true);
+        let waiting = {
+            let d = d.clone();
+            tokio::spawn(async move { d.pick(&[]).await.map(|f| f.replica.id.clone()) })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        let (a, b) = (replica("a"), replica("b"));
+        a.set_suspect(true);
+        d.set_replicas(vec![a.clone(), b]);
+        assert_eq!(waiting.await.unwrap().unwrap(), "b");
+        for _ in 0..20 {
+            assert_eq!(d.pick(&[]).await.unwrap().replica.id, "b");
+        }
+        // A deployment that failed to start answers why, at once.
+        d.set_replicas(Vec::new());
+        d.set_problem(Some("the model failed to load".into()));
+        let e = d.pick(&[]).await.err().unwrap();
+        assert!(e.message.contains("failed to load"), "{}", e.message);
     }
 }
