@@ -94,8 +94,11 @@ pub struct DeploymentState {
     /// Presented by the router on every call to this deployment's
     /// replicas, which refuse calls without it.
     secret: String,
-    /// What one replica reserves, as last worked out (for messages).
+    /// What one replica reserves (for placing and for messages).
     request: ResourceRequest,
+    /// One replica's memory share and KV budget, worked out once per plan
+    /// (it reads the model's files), or why the plan cannot have one.
+    memory: Option<Result<ReplicaMemory, String>>,
 }
 
 /// Why a replica was not started.
@@ -148,6 +151,7 @@ impl DeploymentState {
             autoscaler,
             secret: Alphanumeric.sample_string(&mut rand::rng(), 32),
             request: ResourceRequest::default(),
+            memory: None,
         };
         let mut d = d;
         d.request = resource_request(&d.plan, 0.0);
@@ -209,6 +213,7 @@ impl DeploymentState {
     pub fn update(&mut self, plan: DeploymentPlan) {
         let version = plan.code_version();
         let old = std::mem::replace(&mut self.plan, plan);
+        self.memory = None;
         self.deleting = false;
         self.start_failures = 0;
         self.last_start_error = None;
@@ -592,29 +597,12 @@ impl DeploymentState {
             .unwrap_or_else(|| shared.global_logging.clone())
     }
 
-    /// The share of the node's memory one replica reserves and its KV
-    /// budget, from the model's files and its settings.
-    fn replica_memory(&self, shared: &Shared) -> Result<ReplicaMemory, String> {
-        let DeploymentKind::LlmServer(spec) = &self.plan.kind else {
-            return Ok(ReplicaMemory {
-                share_bytes: 0,
-                kv_cache_bytes: 0,
-            });
-        };
-        let engine =
-            llm_serve_engine::EngineConfig::from_kwargs(&Value::Object(spec.engine_kwargs.clone()))
-                .map_err(|e| e.to_string())?;
-        replica_memory(&MemoryAsk {
-            actor_memory_bytes: self.plan.config.ray_actor_options.memory,
-            weights_bytes: llm_serve_models::local_weights_bytes(&spec.model_source).unwrap_or(0),
-            kv_cache_memory_bytes: engine.kv_cache_memory_bytes.map(|b| b as u64),
-            kv_cache_memory_fraction: engine.kv_cache_memory_fraction,
-            node_memory_bytes: shared.allocator.node_memory_bytes(),
-        })
-    }
-
     fn start_replica(&mut self, shared: &mut Shared) -> Result<(), NotStarted> {
-        let memory = self.replica_memory(shared).map_err(NotStarted::Invalid)?;
+        let memory = self
+            .memory
+            .get_or_insert_with(|| plan_memory(&self.plan, shared))
+            .clone()
+            .map_err(NotStarted::Invalid)?;
         self.request = resource_request(&self.plan, memory.share_bytes as f64);
         let DeploymentKind::LlmServer(spec) = &self.plan.kind else {
             return Ok(());
@@ -974,6 +962,27 @@ fn resource_request(plan: &DeploymentPlan, memory_bytes: f64) -> ResourceRequest
         resources: o.resources.clone(),
         accelerator_type: o.accelerator_type.clone(),
     }
+}
+
+/// The share of the node's memory one replica of `plan` reserves and its
+/// KV budget, from the model's files and its settings.
+fn plan_memory(plan: &DeploymentPlan, shared: &Shared) -> Result<ReplicaMemory, String> {
+    let DeploymentKind::LlmServer(spec) = &plan.kind else {
+        return Ok(ReplicaMemory {
+            share_bytes: 0,
+            kv_cache_bytes: 0,
+        });
+    };
+    let engine =
+        llm_serve_engine::EngineConfig::from_kwargs(&Value::Object(spec.engine_kwargs.clone()))
+            .map_err(|e| e.to_string())?;
+    replica_memory(&MemoryAsk {
+        actor_memory_bytes: plan.config.ray_actor_options.memory,
+        weights_bytes: llm_serve_models::local_weights_bytes(&spec.model_source).unwrap_or(0),
+        kv_cache_memory_bytes: engine.kv_cache_memory_bytes.map(|b| b as u64),
+        kv_cache_memory_fraction: engine.kv_cache_memory_fraction,
+        node_memory_bytes: shared.allocator.node_memory_bytes(),
+    })
 }
 
 /// The variables of an actor's `runtime_env` (checked when the config was).
