@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
 mod common;
-use llm_serve_engine::{ChatTemplate, Generator, SamplingParams, TemplateArgs};
+use llm_serve_engine::{ChatTemplate, SamplingParams, TemplateArgs};
 
 #[test]
 fn greedy_tokens_match_llamacpp() {
@@ -18,7 +18,7 @@ fn greedy_tokens_match_llamacpp() {
         m.tokenizer.eos_token(),
     )
     .unwrap();
-    let mut gen = Generator::new(&m.model, &m.tokenizer);
+    let gen = m.engine();
     let params = SamplingParams {
         temperature: 0.0,
         max_tokens: Some(32),

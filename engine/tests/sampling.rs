@@ -4,9 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
 mod common;
-use llm_serve_engine::{
-    EngineError, FinishReason, Generator, OutputState, SamplingParams, SequenceSampler,
-};
+use llm_serve_engine::{EngineError, FinishReason, OutputState, SamplingParams, SequenceSampler};
 use std::collections::{HashMap, HashSet};
 
 fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
@@ -430,7 +428,7 @@ fn seeded_generation_on_the_model_is_reproducible() {
     let m = common::default_model();
     let prompt = m.tokenizer.encode("Once upon a time", false).unwrap();
     let run = |seed: u64| {
-        let mut g = Generator::new(&m.model, &m.tokenizer);
+        let g = m.engine();
         let p = SamplingParams {
             temperature: 1.0,
             seed: Some(seed),
@@ -448,7 +446,7 @@ fn seeded_generation_on_the_model_is_reproducible() {
 #[test]
 fn prompt_length_errors_name_the_limit() {
     let m = common::default_model();
-    let mut g = Generator::new(&m.model, &m.tokenizer);
+    let g = m.engine();
     let long = vec![42u32; 4096];
     let e = g
         .generate(&long, &SamplingParams::greedy(), |_| {})

@@ -12,6 +12,8 @@ pub mod activation;
 pub mod attention;
 pub mod buffer;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod error;
 mod exp;
 pub mod matmul;

@@ -1,10 +1,13 @@
-//! The paged KV cache: per layer, one K and one V tensor of
+//! The paged KV cache: per layer, one K and one V cache of
 //! `[num_blocks, num_kv_heads, block_size, head_dim]` values (inside a
-//! block K is stored transposed, see `llm_serve_kernels::attention`).
+//! block K is stored transposed, see `llm_serve_kernels::attention`), held
+//! by the backend of the model's device.
 
+use crate::backend::{cpu::Cpu, Backend};
 use crate::config::ModelConfig;
+use crate::device::Device;
 use crate::error::{ModelError, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use llm_serve_kernels::attention::KvGeometry;
 
 /// Precision of the cached K/V values (vLLM's `kv_cache_dtype`).
@@ -23,25 +26,18 @@ impl CacheDtype {
             CacheDtype::F16 => 2,
         }
     }
+}
 
-    /// A tensor of zeros whose pages the OS supplies on first touch (a
-    /// large cache costs nothing until its blocks are used).
-    fn zeros(self, shape: (usize, usize, usize, usize), device: &Device) -> Result<Tensor> {
-        let n = shape.0 * shape.1 * shape.2 * shape.3;
-        Ok(match self {
-            CacheDtype::F32 => Tensor::from_vec(vec![0f32; n], shape, device)?,
-            CacheDtype::F16 => {
-                let values: Vec<half::f16> = bytemuck::allocation::cast_vec(vec![0u16; n]);
-                Tensor::from_vec(values, shape, device)?
-            }
-        })
-    }
+/// Every layer's (K, V), on one backend.
+pub(crate) enum Layers {
+    Cpu(Vec<(Tensor, Tensor)>),
 }
 
 pub struct KvCache {
     geom: KvGeometry,
     dtype: CacheDtype,
-    layers: Vec<(Tensor, Tensor)>,
+    pub(crate) layers: Layers,
+    device: Device,
 }
 
 impl KvCache {
@@ -68,14 +64,20 @@ impl KvCache {
             num_kv_heads: cfg.num_kv_heads,
             head_dim: cfg.head_dim,
         };
-        let shape = (num_blocks, cfg.num_kv_heads, block_size, cfg.head_dim);
-        let layers = (0..cfg.num_layers)
-            .map(|_| Ok((dtype.zeros(shape, device)?, dtype.zeros(shape, device)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let layers = match device {
+            Device::Cpu => Layers::Cpu(
+                (0..cfg.num_layers)
+                    .map(|_| Ok((Cpu.cache(geom, dtype)?, Cpu.cache(geom, dtype)?)))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => return Err(crate::llama::no_cuda_kernels(device)),
+        };
         Ok(KvCache {
             geom,
             dtype,
             layers,
+            device: *device,
         })
     }
 
@@ -87,6 +89,10 @@ impl KvCache {
         self.dtype
     }
 
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     pub fn num_blocks(&self) -> usize {
         self.geom.num_blocks
     }
@@ -95,11 +101,9 @@ impl KvCache {
         self.geom.block_size
     }
 
-    pub(crate) fn layer(&self, i: usize) -> &(Tensor, Tensor) {
-        &self.layers[i]
-    }
-
     pub fn num_layers(&self) -> usize {
-        self.layers.len()
+        match &self.layers {
+            Layers::Cpu(l) => l.len(),
+        }
     }
 }

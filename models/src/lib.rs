@@ -4,10 +4,13 @@
 //! or a hub id), its weights are loaded into the kernels' matrix formats, and
 //! its forward pass runs a *ragged batch*: the new tokens of several
 //! sequences (prefill chunks and single decode tokens at different
-//! positions) in one call over a paged KV cache.
+//! positions) in one call over a paged KV cache. Weights, cache and
+//! activations live on a backend (`backend`: the device seam).
 
+mod backend;
 mod batch;
 mod config;
+mod device;
 mod error;
 mod gguf;
 mod kv_cache;
@@ -17,9 +20,10 @@ mod rope_scaling;
 mod safetensors_store;
 mod source;
 
-pub use batch::{LogitsWanted, SeqInput};
+pub use batch::{LogitsWanted, SeqInput, SeqRows, StepInputs};
 pub use candle_core::quantized::gguf_file;
 pub use config::{token_id_list, Architecture, ModelConfig, RopeScaling};
+pub use device::Device;
 pub use error::{ModelError, Result};
 pub use kv_cache::{CacheDtype, KvCache};
 pub use llama::Model;

@@ -33,10 +33,6 @@ impl Linear {
         Ok(Linear { parts, bias })
     }
 
-    pub fn storage_bytes(&self) -> usize {
-        self.parts.iter().map(QMatrix::storage_bytes).sum()
-    }
-
     /// `x [T, in] -> [T, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = if let [only] = self.parts.as_slice() {

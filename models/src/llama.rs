@@ -1,40 +1,50 @@
 //! The llama-family transformer (Llama 2/3, SmolLM2, TinyLlama, Mistral,
-//! Qwen2) over a paged KV cache, one ragged batch per forward call.
+//! Qwen2) over a paged KV cache, one ragged batch per forward call. The
+//! layer graph is written once over the device seam (`backend`).
 
-use crate::batch::{LogitsWanted, SeqInput};
+use crate::backend::{cpu::Cpu, Backend};
+use crate::batch::StepInputs;
 use crate::config::{ModelConfig, RopeScaling};
+use crate::device::Device;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
-use crate::kv_cache::{CacheDtype, KvCache};
-use crate::linear::Linear;
+use crate::kv_cache::{CacheDtype, KvCache, Layers};
 use crate::rope_scaling::inv_freq;
 use crate::safetensors_store::SafetensorsStore;
 use crate::source::{ModelFiles, WeightsFormat};
-use candle_core::{Device, Tensor};
-use llm_serve_kernels::attention::{KvRole, SeqSpan};
-use llm_serve_kernels::ops::{
-    Add, ApplyExt, Columns, Embedding, PagedAttention, RmsNorm, Rope, SiluMul, WriteCache,
-};
+use candle_core::Tensor;
+use llm_serve_kernels::attention::{KvGeometry, KvRole};
 use llm_serve_kernels::rope::RopeTable;
 use llm_serve_kernels::QMatrix;
 use std::sync::Arc;
 
-struct Layer {
-    attn_norm: Vec<f32>,
-    qkv: Linear,
-    o: Linear,
-    mlp_norm: Vec<f32>,
-    gate_up: Linear,
-    down: Linear,
+struct Layer<B: Backend> {
+    attn_norm: B::Vector,
+    qkv: B::Linear,
+    o: B::Linear,
+    mlp_norm: B::Vector,
+    gate_up: B::Linear,
+    down: B::Linear,
+}
+
+/// The weights on one backend, and the layer graph over them.
+struct Llama<B: Backend> {
+    backend: B,
+    embed: B::Table,
+    layers: Vec<Layer<B>>,
+    norm: B::Vector,
+    lm_head: B::Table,
+    rope: B::Rope,
+}
+
+/// The loaded network, on the backend of its device.
+enum Net {
+    Cpu(Llama<Cpu>),
 }
 
 pub struct Model {
     cfg: ModelConfig,
-    embed: Arc<QMatrix>,
-    layers: Vec<Layer>,
-    norm: Vec<f32>,
-    lm_head: Arc<QMatrix>,
-    rope: RopeTable,
+    net: Net,
     max_model_len: usize,
     device: Device,
     weights_bytes: usize,
@@ -72,10 +82,22 @@ impl Store {
 }
 
 impl Model {
-    /// Loads a model. `max_model_len` caps the context (default: the model's
-    /// trained length).
+    /// Loads a model on the CPU. `max_model_len` caps the context
+    /// (default: the model's trained length).
     pub fn load(files: &ModelFiles, max_model_len: Option<usize>) -> Result<Self> {
-        let device = Device::Cpu;
+        Self::load_on(files, max_model_len, Device::Cpu)
+    }
+
+    /// Loads a model onto `device`.
+    pub fn load_on(
+        files: &ModelFiles,
+        max_model_len: Option<usize>,
+        device: Device,
+    ) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(_) = device {
+            return Err(no_cuda_kernels(&device));
+        }
         let (mut cfg, store, cfg_path) = match files.format {
             WeightsFormat::Gguf => {
                 let path = files
@@ -132,11 +154,6 @@ impl Model {
             cfg.vocab_size,
             cfg.hidden_size,
         )?;
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for i in 0..cfg.num_layers {
-            layers.push(load_layer(&store, &cfg, i, &device, &cfg_path)?);
-        }
-        let norm = store.vector("model.norm.weight", "output_norm.weight")?;
         let lm_head = if store.has("lm_head.weight", "output.weight") {
             Arc::new(store.matrix("lm_head.weight", "output.weight")?)
         } else if cfg.tie_word_embeddings || matches!(store, Store::Gguf(_)) {
@@ -155,34 +172,36 @@ impl Model {
             cfg.vocab_size,
             cfg.hidden_size,
         )?;
-        let freqs = inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref());
-        let rope = RopeTable::new(&freqs, max_model_len, cfg.rope_style, 1.0);
-        let weights_bytes = embed.storage_bytes()
+        let mut weights_bytes = embed.storage_bytes()
             + if Arc::ptr_eq(&embed, &lm_head) {
                 0
             } else {
                 lm_head.storage_bytes()
-            }
-            + layers
-                .iter()
-                .map(|l| {
-                    l.qkv.storage_bytes()
-                        + l.o.storage_bytes()
-                        + l.gate_up.storage_bytes()
-                        + l.down.storage_bytes()
-                })
-                .sum::<usize>();
+            };
+        let freqs = inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref());
+        let rope = RopeTable::new(&freqs, max_model_len, cfg.rope_style, 1.0);
+        let backend = Cpu;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let (layer, bytes) = load_layer(&store, &cfg, i, &backend, &cfg_path)?;
+            layers.push(layer);
+            weights_bytes += bytes;
+        }
+        let net = Llama {
+            embed: backend.table(embed)?,
+            layers,
+            norm: backend.vector(store.vector("model.norm.weight", "output_norm.weight")?)?,
+            lm_head: backend.table(lm_head)?,
+            rope: backend.rope_table(rope)?,
+            backend,
+        };
         let gguf = match store {
             Store::Gguf(g) => Some(g.content),
             Store::Safetensors(_) => None,
         };
         Ok(Model {
             cfg,
-            embed,
-            layers,
-            norm,
-            lm_head,
-            rope,
+            net: Net::Cpu(net),
             max_model_len,
             device,
             weights_bytes,
@@ -223,141 +242,135 @@ impl Model {
         self.gguf.as_ref()
     }
 
-    /// Runs one ragged batch: writes every new token's K/V into its
-    /// sequence's cache blocks and returns logits `[rows, vocab]` for the
-    /// positions asked for, sequence by sequence in order.
-    pub fn forward(&self, seqs: &[SeqInput], cache: &mut KvCache) -> Result<Tensor> {
+    /// Runs one step: writes every new token's K/V into its sequence's
+    /// cache blocks and returns logits `[rows, vocab]` for
+    /// `inputs.logits_rows`, in that order.
+    pub fn forward(&self, inputs: &StepInputs, cache: &mut KvCache) -> Result<Tensor> {
         let cfg = &self.cfg;
         if cache.num_layers() != cfg.num_layers
             || cache.geometry().num_kv_heads != cfg.num_kv_heads
             || cache.geometry().head_dim != cfg.head_dim
+            || cache.block_size() != inputs.block_size
         {
             return Err(ModelError::Batch(
-                "the KV cache was made for another model".into(),
+                "the KV cache was made for another model or block size".into(),
             ));
         }
-        let mut tokens = Vec::new();
-        let mut positions = Vec::new();
-        let mut spans = Vec::with_capacity(seqs.len());
-        let mut wanted = Vec::new();
-        for (i, s) in seqs.iter().enumerate() {
-            if s.tokens.is_empty() {
-                return Err(ModelError::Batch(format!("sequence {i} has no new tokens")));
-            }
-            let end = s.start_pos + s.tokens.len();
-            if end > self.max_model_len {
+        if inputs.token_ids.is_empty() {
+            return Err(ModelError::Batch("the step has no tokens".into()));
+        }
+        for (i, s) in inputs.seqs.iter().enumerate() {
+            if s.context_len > self.max_model_len {
                 return Err(ModelError::Batch(format!(
-                    "sequence {i} reaches position {end}, beyond the maximum context of {} tokens",
-                    self.max_model_len
+                    "sequence {i} reaches position {}, beyond the maximum context of {} tokens",
+                    s.context_len, self.max_model_len
                 )));
             }
-            if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            if let Some(&b) = inputs
+                .block_table(i)
+                .iter()
+                .find(|&&b| b as usize >= cache.num_blocks())
+            {
                 return Err(ModelError::Batch(format!(
-                    "sequence {i}: token id {t} is outside the vocabulary of {}",
-                    cfg.vocab_size
+                    "sequence {i}: block {b} is outside the cache of {} blocks",
+                    cache.num_blocks()
                 )));
-            }
-            let start = tokens.len();
-            tokens.extend_from_slice(s.tokens);
-            positions.extend(s.start_pos..end);
-            spans.push(SeqSpan {
-                start,
-                len: s.tokens.len(),
-                context_len: end,
-                block_table: s.block_table,
-            });
-            match s.logits {
-                LogitsWanted::None => {}
-                LogitsWanted::Last => wanted.push((start + s.tokens.len() - 1) as u32),
-                LogitsWanted::All => {
-                    wanted.extend((start..start + s.tokens.len()).map(|t| t as u32))
-                }
             }
         }
-        let n_tokens = tokens.len();
-        let ids = Tensor::from_vec(tokens, n_tokens, &self.device)?;
-        let mut x = ids.op1(&Embedding(&self.embed))?;
+        if let Some(&t) = inputs
+            .token_ids
+            .iter()
+            .find(|&&t| t as usize >= cfg.vocab_size)
+        {
+            return Err(ModelError::Batch(format!(
+                "token id {t} is outside the vocabulary of {}",
+                cfg.vocab_size
+            )));
+        }
+        let n_tokens = inputs.num_tokens();
+        if let Some(&r) = inputs.logits_rows.iter().find(|&&r| r as usize >= n_tokens) {
+            return Err(ModelError::Batch(format!(
+                "logits row {r} is outside the step's {n_tokens} tokens"
+            )));
+        }
         let geom = cache.geometry();
-        let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let scale = 1.0 / (d as f32).sqrt();
-        for (li, layer) in self.layers.iter().enumerate() {
-            let h = x.op1(&RmsNorm {
-                weight: &layer.attn_norm,
-                eps: cfg.rms_norm_eps,
-            })?;
-            let qkv = layer.qkv.forward(&h)?;
-            let q = qkv.op1(&Rope {
-                table: &self.rope,
-                positions: &positions,
-                first_col: 0,
-                num_heads: nh,
-                head_dim: d,
-            })?;
-            let k = qkv.op1(&Rope {
-                table: &self.rope,
-                positions: &positions,
-                first_col: nh * d,
-                num_heads: nkv,
-                head_dim: d,
-            })?;
-            let v = qkv.op1(&Columns {
-                first: (nh + nkv) * d,
-                len: nkv * d,
-            })?;
-            let (k_cache, v_cache) = cache.layer(li);
-            k_cache.inplace_op2(
-                &k,
-                &WriteCache {
-                    geom,
-                    seqs: &spans,
-                    role: KvRole::Key,
-                },
-            )?;
-            v_cache.inplace_op2(
-                &v,
-                &WriteCache {
-                    geom,
-                    seqs: &spans,
-                    role: KvRole::Value,
-                },
-            )?;
-            let attn = q.apply_op3_no_bwd(
-                k_cache,
-                v_cache,
-                &PagedAttention {
-                    geom,
-                    num_heads: nh,
-                    seqs: &spans,
-                    scale,
-                },
-            )?;
-            x = x.op2(&layer.o.forward(&attn)?, &Add)?;
-            let h = x.op1(&RmsNorm {
-                weight: &layer.mlp_norm,
-                eps: cfg.rms_norm_eps,
-            })?;
-            let act = layer.gate_up.forward(&h)?.op1(&SiluMul)?;
-            x = x.op2(&layer.down.forward(&act)?, &Add)?;
+        match (&self.net, &mut cache.layers) {
+            (Net::Cpu(net), Layers::Cpu(layers)) => net.forward(cfg, inputs, geom, layers),
         }
-        let n_wanted = wanted.len();
-        if n_wanted == 0 {
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    fn forward(
+        &self,
+        cfg: &ModelConfig,
+        inputs: &StepInputs,
+        geom: KvGeometry,
+        cache: &mut [(B::Cache, B::Cache)],
+    ) -> Result<Tensor> {
+        let b = &self.backend;
+        if inputs.logits_rows.is_empty() {
+            // Nothing to sample: the K/V writes are the step's only output.
+            let step = b.prepare(inputs)?;
+            self.layers_forward(cfg, &step, geom, cache)?;
             return Ok(Tensor::zeros(
                 (0, cfg.vocab_size),
                 candle_core::DType::F32,
-                &self.device,
+                &candle_core::Device::Cpu,
             )?);
         }
-        let rows = if n_wanted == n_tokens {
-            x
-        } else {
-            x.index_select(&Tensor::from_vec(wanted, n_wanted, &self.device)?, 0)?
-        };
-        let h = rows.op1(&RmsNorm {
-            weight: &self.norm,
-            eps: cfg.rms_norm_eps,
-        })?;
-        Ok(h.op1(&llm_serve_kernels::ops::QMatMul(&self.lm_head))?)
+        let step = b.prepare(inputs)?;
+        let x = self.layers_forward(cfg, &step, geom, cache)?;
+        let rows = b.logits_rows(x, &step)?;
+        let h = b.rms_norm(&rows, &self.norm, cfg.rms_norm_eps)?;
+        b.to_host(b.matmul_table(&h, &self.lm_head)?)
     }
+
+    /// Embedding and every layer: the hidden states of all the step's rows.
+    fn layers_forward(
+        &self,
+        cfg: &ModelConfig,
+        step: &B::Step<'_>,
+        geom: KvGeometry,
+        cache: &mut [(B::Cache, B::Cache)],
+    ) -> Result<B::Act> {
+        let b = &self.backend;
+        let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let scale = 1.0 / (d as f32).sqrt();
+        let eps = cfg.rms_norm_eps;
+        let mut x = b.embed(&self.embed, step)?;
+        for (layer, (k_cache, v_cache)) in self.layers.iter().zip(cache.iter_mut()) {
+            let h = b.rms_norm(&x, &layer.attn_norm, eps)?;
+            let qkv = b.matmul(&h, &layer.qkv)?;
+            let q = b.rope(&qkv, &self.rope, step, 0, nh, d)?;
+            let k = b.rope(&qkv, &self.rope, step, nh * d, nkv, d)?;
+            let v = b.columns(&qkv, (nh + nkv) * d, nkv * d)?;
+            b.write_cache(k_cache, &k, step, geom, KvRole::Key)?;
+            b.write_cache(v_cache, &v, step, geom, KvRole::Value)?;
+            let attn = b.attention(&q, k_cache, v_cache, step, geom, nh, scale)?;
+            x = b.add(&x, &b.matmul(&attn, &layer.o)?)?;
+            let h = b.rms_norm(&x, &layer.mlp_norm, eps)?;
+            let act = b.silu_mul(&b.matmul(&h, &layer.gate_up)?)?;
+            x = b.add(&x, &b.matmul(&act, &layer.down)?)?;
+        }
+        Ok(x)
+    }
+}
+
+/// The refusal for a CUDA device in a build whose CUDA backend has no
+/// model kernels yet (device discovery only).
+#[cfg(feature = "cuda")]
+pub(crate) fn no_cuda_kernels(device: &Device) -> ModelError {
+    let found = match device {
+        Device::Cuda(n) => match llm_serve_kernels::cuda::probe(*n) {
+            Ok(info) => format!("found {info}"),
+            Err(e) => e.to_string(),
+        },
+        Device::Cpu => String::new(),
+    };
+    ModelError::Unsupported(format!(
+        "device {device}: {found}; this build's CUDA backend has no model kernels yet, run on device cpu"
+    ))
 }
 
 fn check_dims(
@@ -381,13 +394,14 @@ fn check_dims(
     Ok(())
 }
 
-fn load_layer(
+/// One layer's weights on the backend, and their bytes.
+fn load_layer<B: Backend>(
     store: &Store,
     cfg: &ModelConfig,
     i: usize,
-    device: &Device,
+    backend: &B,
     path: &std::path::Path,
-) -> Result<Layer> {
+) -> Result<(Layer<B>, usize)> {
     let hf = |s: &str| format!("model.layers.{i}.{s}");
     let gg = |s: &str| format!("blk.{i}.{s}");
     let (h, d) = (cfg.hidden_size, cfg.head_dim);
@@ -431,15 +445,21 @@ fn load_layer(
         h,
         cfg.intermediate_size,
     )?;
-    Ok(Layer {
-        attn_norm: store.vector(&hf("input_layernorm.weight"), &gg("attn_norm.weight"))?,
-        qkv: Linear::stacked(vec![q, k, v], bias, device)?,
-        o: Linear::stacked(vec![o], None, device)?,
-        mlp_norm: store.vector(
+    let bytes = [&q, &k, &v, &o, &gate, &up, &down]
+        .iter()
+        .map(|m| m.storage_bytes())
+        .sum();
+    let layer = Layer {
+        attn_norm: backend
+            .vector(store.vector(&hf("input_layernorm.weight"), &gg("attn_norm.weight"))?)?,
+        qkv: backend.linear(vec![q, k, v], bias)?,
+        o: backend.linear(vec![o], None)?,
+        mlp_norm: backend.vector(store.vector(
             &hf("post_attention_layernorm.weight"),
             &gg("ffn_norm.weight"),
-        )?,
-        gate_up: Linear::stacked(vec![gate, up], None, device)?,
-        down: Linear::stacked(vec![down], None, device)?,
-    })
+        )?)?,
+        gate_up: backend.linear(vec![gate, up], None)?,
+        down: backend.linear(vec![down], None)?,
+    };
+    Ok((layer, bytes))
 }

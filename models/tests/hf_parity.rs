@@ -6,10 +6,32 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
 use candle_core::Tensor;
-use llm_serve_models::{CacheDtype, KvCache, LogitsWanted, Model, ModelFiles, SeqInput};
+use llm_serve_models::{
+    CacheDtype, KvCache, LogitsWanted, Model, ModelFiles, SeqInput, StepInputs,
+};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::path::PathBuf;
+
+/// The model's forward over sequences given one by one (flattened here as
+/// the engine's runner flattens a step).
+trait ForwardSeqs {
+    fn forward_seqs(
+        &self,
+        seqs: &[SeqInput],
+        cache: &mut KvCache,
+    ) -> llm_serve_models::Result<Tensor>;
+}
+
+impl ForwardSeqs for Model {
+    fn forward_seqs(
+        &self,
+        seqs: &[SeqInput],
+        cache: &mut KvCache,
+    ) -> llm_serve_models::Result<Tensor> {
+        self.forward(&StepInputs::new(cache.block_size(), seqs)?, cache)
+    }
+}
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -83,7 +105,7 @@ fn check_alone(name: &str, block_size: usize) {
         .unwrap();
         let table: Vec<u32> = (0..blocks as u32).rev().collect();
         let out = model
-            .forward(
+            .forward_seqs(
                 &[SeqInput {
                     tokens: &case.ids,
                     start_pos: 0,
@@ -186,7 +208,7 @@ fn chunked_ragged_batches_equal_each_sequence_alone() {
                 });
                 spans.push((i, done[i], n));
             }
-            let out = rows(&model.forward(&inputs, &mut cache).unwrap());
+            let out = rows(&model.forward_seqs(&inputs, &mut cache).unwrap());
             let mut row = 0;
             for &(i, start, n) in &spans {
                 let got = &out[row * vocab..(row + n) * vocab];
@@ -215,7 +237,7 @@ fn last_and_no_logits_select_rows() {
     let table: Vec<u32> = (0..16).collect();
     let n = c.ids.len();
     let none = model
-        .forward(
+        .forward_seqs(
             &[SeqInput {
                 tokens: &c.ids[..n - 1],
                 start_pos: 0,
@@ -227,7 +249,7 @@ fn last_and_no_logits_select_rows() {
         .unwrap();
     assert_eq!(none.dims(), &[0, vocab]);
     let last = model
-        .forward(
+        .forward_seqs(
             &[SeqInput {
                 tokens: &c.ids[n - 1..],
                 start_pos: n - 1,
@@ -247,7 +269,7 @@ fn invalid_batches_are_errors() {
     let mut cache = KvCache::new(model.config(), 2, 16, CacheDtype::F32, model.device()).unwrap();
     let table = [0u32, 1];
     let fwd = |tokens: &[u32], start: usize, table: &[u32], cache: &mut KvCache| {
-        model.forward(
+        model.forward_seqs(
             &[SeqInput {
                 tokens,
                 start_pos: start,

@@ -1,18 +1,25 @@
 //! `llm-serve generate`: one prompt, streamed to stdout, speeds to stderr.
+//! It runs on the serving engine (one sequence, a KV cache sized for its
+//! prompt and `max_tokens`), so what it prints is what a server would
+//! answer.
 
 use crate::cli::GenerateArgs;
 use anyhow::{Context, Result};
-use llm_serve_engine::{ChatTemplate, Generator, SamplingParams, TemplateArgs, Tokenizer};
+use llm_serve_engine::{
+    check_prompt_length, ChatTemplate, Engine, EngineConfig, SamplingParams, TemplateArgs,
+    Tokenizer,
+};
 use llm_serve_models::{Model, ModelFiles};
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Instant;
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let threads = llm_serve_kernels::threads::init(args.threads.unwrap_or(0));
     let t0 = Instant::now();
     let files = ModelFiles::resolve(&args.model)?;
-    let model = Model::load(&files, args.max_model_len)?;
-    let tokenizer = Tokenizer::load(&files, model.gguf_metadata())?;
+    let model = Arc::new(Model::load(&files, args.max_model_len)?);
+    let tokenizer = Arc::new(Tokenizer::load(&files, model.gguf_metadata())?);
     eprintln!(
         "loaded {} ({}, {} layers, {:.0} MB of weights) in {:.2}s; {} threads, {} kernels",
         args.model,
@@ -62,9 +69,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         skip_special_tokens: !args.no_skip_special_tokens,
         ..Default::default()
     };
-    let mut generator = Generator::new(&model, &tokenizer);
+    params.validate(model.config().vocab_size)?;
+    check_prompt_length(prompt.len(), params.max_tokens, model.max_model_len())?;
+    let engine = Engine::start(
+        model.clone(),
+        tokenizer.clone(),
+        EngineConfig::for_sequences(&model, 1, prompt.len() + args.max_tokens),
+    )?;
     let mut stdout = std::io::stdout();
-    let out = generator.generate(&prompt, &params, |text| {
+    let out = engine.generate(&prompt, &params, |text| {
         // A closed stdout (e.g. `| head`) is not worth failing over.
         let _ = stdout.write_all(text.as_bytes());
         let _ = stdout.flush();

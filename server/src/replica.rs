@@ -101,9 +101,18 @@ fn report_accelerator_share(replica_id: &str) {
         return;
     }
     let fraction = std::env::var(GPU_MEMORY_FRACTION_ENV).unwrap_or_else(|_| "1".into());
+    #[cfg(feature = "cuda")]
+    let backend = match llm_serve_kernels::cuda::probe(0) {
+        Ok(info) => {
+            format!("{info} is there, but this build's CUDA backend has no model kernels yet")
+        }
+        Err(e) => format!("{e}"),
+    };
+    #[cfg(not(feature = "cuda"))]
+    let backend = "this build has no GPU backend (built without the cuda feature)".to_string();
     tracing::warn!(
         replica = %replica_id,
-        "placed on GPU(s) {devices} with a {fraction} share, but this build has no GPU backend: the engine runs on the CPU kernels"
+        "placed on GPU(s) {devices} with a {fraction} share: {backend}; the engine runs on the CPU kernels"
     );
 }
 

@@ -3,6 +3,7 @@
 
 use super::scheduler::SchedulingPolicy;
 use crate::error::{EngineError, Result};
+use llm_serve_models::{KvCache, Model};
 
 /// Settings of one engine. Deserializes from Ray Serve LLM's
 /// `engine_kwargs` (unknown keys are errors, absent ones take defaults).
@@ -46,6 +47,28 @@ fn bad(param: &'static str, message: String) -> EngineError {
 }
 
 impl EngineConfig {
+    /// Settings for exactly `num_seqs` sequences of up to `context` tokens
+    /// each on `model` (the CLI's `generate` and `bench`): a context and a
+    /// KV cache of just that size, and no prefix caching (nothing is
+    /// shared, and a benchmark must recompute every repetition).
+    pub fn for_sequences(model: &Model, num_seqs: usize, context: usize) -> Self {
+        let defaults = EngineConfig::default();
+        let context = context.clamp(1, model.max_model_len());
+        let blocks = num_seqs.max(1) * context.div_ceil(defaults.block_size);
+        let bytes_per_block = KvCache::bytes_per_block(
+            model.config(),
+            defaults.block_size,
+            model.default_cache_dtype(),
+        );
+        EngineConfig {
+            kv_cache_memory_bytes: Some(blocks * bytes_per_block),
+            max_model_len: Some(context),
+            max_num_seqs: num_seqs.max(1),
+            enable_prefix_caching: false,
+            ..defaults
+        }
+    }
+
     /// Reads `engine_kwargs` (a JSON object); errors name the key.
     pub fn from_kwargs(kwargs: &serde_json::Value) -> Result<Self> {
         serde_json::from_value(kwargs.clone())

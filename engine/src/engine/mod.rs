@@ -2,15 +2,21 @@
 //! continuously over a paged KV cache with automatic prefix caching.
 //!
 //! [`Engine::start`] spawns the engine thread, which loops: take new
-//! requests and aborts, schedule, run one ragged forward pass, sample, and
+//! requests and aborts, schedule (`scheduler`), execute the step on the
+//! model runner (`runner`: inputs, one ragged forward pass, sampling), and
 //! stream each request's events. It sleeps while there is no work.
 //! [`Engine::submit`] validates a request and returns its
 //! [`RequestStream`]; dropping the stream aborts the request.
+//! [`Engine::generate`] is the blocking facade over it (`llm-serve
+//! generate`, `llm-serve bench`, model-level tests): every driver of the
+//! model goes through this one path.
 
 pub mod blocks;
 mod config;
+mod generate;
 mod histograms;
 mod request;
+pub mod runner;
 pub mod scheduler;
 mod stats;
 mod worker;
@@ -18,13 +24,15 @@ mod worker;
 pub use config::{
     available_memory_bytes, os_available_memory_bytes, EngineConfig, MEMORY_LIMIT_ENV,
 };
+pub use generate::Generation;
 pub use histograms::{EngineHistograms, Histogram};
-pub use request::{EngineEvent, EngineRequest, RequestTimes, TokenDelta, Usage};
+pub use request::{
+    check_prompt_length, EngineEvent, EngineRequest, RequestTimes, TokenDelta, Usage,
+};
 pub use scheduler::SchedulingPolicy;
 pub use stats::EngineStats;
 
 use crate::error::{invalid, EngineError, Result};
-use crate::generate::check_prompt_length;
 use crate::tokenizer::Tokenizer;
 use llm_serve_models::{KvCache, Model};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,13 +45,17 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 /// A request's id inside one engine.
 pub type RequestId = u64;
 
+/// A request on its way to the engine thread.
+pub(crate) struct Submission {
+    pub(crate) id: RequestId,
+    pub(crate) request: EngineRequest,
+    pub(crate) arrival: Instant,
+    pub(crate) events: UnboundedSender<EngineEvent>,
+}
+
 pub(crate) enum Command {
-    Submit {
-        id: RequestId,
-        request: Box<EngineRequest>,
-        arrival: Instant,
-        events: UnboundedSender<EngineEvent>,
-    },
+    /// Requests admitted together, before the next step.
+    Submit(Vec<Submission>),
     Abort(RequestId),
     Shutdown,
 }
@@ -131,8 +143,8 @@ impl Engine {
             histograms: EngineHistograms::new(max_model_len),
         }));
         let (tx, rx) = mpsc::channel();
-        let worker =
-            worker::Worker::new(model, tokenizer.clone(), cache, &cfg, info, stats.clone());
+        let runner = runner::ModelRunner::new(model, cache);
+        let worker = worker::Worker::new(runner, tokenizer.clone(), &cfg, info, stats.clone());
         let thread = std::thread::Builder::new()
             .name("llm-serve-engine".into())
             .spawn(move || worker.run(rx))
@@ -174,24 +186,42 @@ impl Engine {
 
     /// Checks a request and queues it. Errors are the caller's (a 400).
     pub fn submit(&self, request: EngineRequest) -> Result<RequestStream> {
+        let mut streams = self.submit_all(vec![request])?;
+        streams
+            .pop()
+            .ok_or_else(|| EngineError::Internal("no stream for the request".into()))
+    }
+
+    /// Checks requests and queues them together: the engine admits all of
+    /// them before its next step (a batch arriving at once, as benchmarks
+    /// want). Nothing is queued when any of them is refused.
+    pub fn submit_all(&self, requests: Vec<EngineRequest>) -> Result<Vec<RequestStream>> {
         let arrival = Instant::now();
-        self.validate(&request)?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (events_tx, events_rx) = unbounded_channel();
-        self.commands
-            .send(Command::Submit {
+        for r in &requests {
+            self.validate(r)?;
+        }
+        let mut submissions = Vec::with_capacity(requests.len());
+        let mut streams = Vec::with_capacity(requests.len());
+        for request in requests {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let (events_tx, events_rx) = unbounded_channel();
+            submissions.push(Submission {
                 id,
-                request: Box::new(request),
+                request,
                 arrival,
                 events: events_tx,
-            })
+            });
+            streams.push(RequestStream {
+                id,
+                events: events_rx,
+                commands: self.commands.clone(),
+                ended: false,
+            });
+        }
+        self.commands
+            .send(Command::Submit(submissions))
             .map_err(|_| EngineError::Internal("the engine has stopped".into()))?;
-        Ok(RequestStream {
-            id,
-            events: events_rx,
-            commands: self.commands.clone(),
-            ended: false,
-        })
+        Ok(streams)
     }
 
     /// Aborts a request: its samples finish with reason `abort`.

@@ -1,5 +1,6 @@
 //! What callers hand the engine and what it streams back.
 
+use crate::error::{EngineError, Result};
 use crate::output::FinishReason;
 use crate::sampling::{Sampled, SamplingParams};
 use std::time::{Duration, Instant};
@@ -101,4 +102,37 @@ pub enum EngineEvent {
     },
     /// The request failed; the last event.
     Error(String),
+}
+
+/// Checks a prompt against the context, as vLLM words it.
+pub fn check_prompt_length(
+    prompt_tokens: usize,
+    max_tokens: Option<usize>,
+    max_model_len: usize,
+) -> Result<()> {
+    if prompt_tokens == 0 {
+        return Err(EngineError::InvalidPrompt {
+            param: "prompt",
+            message: "The prompt is empty.".into(),
+        });
+    }
+    if prompt_tokens >= max_model_len {
+        return Err(EngineError::InvalidPrompt {
+            param: "input_tokens",
+            message: format!(
+                "This model's maximum context length is {max_model_len} tokens. However, your request has {prompt_tokens} input tokens. Please reduce the length of the input messages."
+            ),
+        });
+    }
+    if let Some(m) = max_tokens {
+        if prompt_tokens + m > max_model_len {
+            return Err(EngineError::InvalidPrompt {
+                param: "max_tokens",
+                message: format!(
+                    "'max_tokens' or 'max_completion_tokens' is too large: {m}. This model's maximum context length is {max_model_len} tokens and your request has {prompt_tokens} input tokens ({m} > {max_model_len} - {prompt_tokens})."
+                ),
+            });
+        }
+    }
+    Ok(())
 }

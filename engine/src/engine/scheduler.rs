@@ -406,3 +406,126 @@ impl Scheduler {
         len
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! The scheduler step on hand-made queues: no model, only queue state
+    //! and block availability decide the plan.
+    use super::*;
+
+    fn scheduler(num_blocks: usize, budget: usize, max_seqs: usize, caching: bool) -> Scheduler {
+        Scheduler::new(
+            SchedulerConfig {
+                max_num_seqs: max_seqs,
+                max_num_batched_tokens: budget,
+                enable_chunked_prefill: true,
+                policy: SchedulingPolicy::Fcfs,
+            },
+            BlockManager::new(num_blocks, 4, caching),
+        )
+    }
+
+    fn prompt(id: SeqId, len: usize) -> SeqState {
+        SeqState::new(
+            id,
+            (0..len as u32).map(|t| t + 100 * id as u32).collect(),
+            None,
+            0,
+        )
+    }
+
+    fn shape(plan: &Schedule) -> Vec<(SeqId, usize, usize, bool)> {
+        plan.seqs
+            .iter()
+            .map(|s| (s.id, s.start, s.len, s.sample))
+            .collect()
+    }
+
+    #[test]
+    fn running_decodes_come_first_then_waiting_prompts_fill_the_budget() {
+        let mut s = scheduler(16, 8, 8, false);
+        s.add(prompt(1, 3));
+        s.add(prompt(2, 3));
+        assert_eq!(shape(&s.schedule()), [(1, 0, 3, true), (2, 0, 3, true)]);
+        s.append_token(1, 7);
+        s.append_token(2, 7);
+        s.add(prompt(3, 10));
+        // Two decode tokens, then 6 of the new prompt's 10 (chunked).
+        assert_eq!(
+            shape(&s.schedule()),
+            [(1, 3, 1, true), (2, 3, 1, true), (3, 0, 6, false)]
+        );
+        assert_eq!(s.seq(3).map(|q| q.blocks.len()), Some(2));
+    }
+
+    #[test]
+    fn a_long_prompt_is_prefilled_in_chunks_and_samples_only_at_its_end() {
+        let mut s = scheduler(16, 8, 8, false);
+        s.add(prompt(1, 20));
+        assert_eq!(shape(&s.schedule()), [(1, 0, 8, false)]);
+        assert_eq!(shape(&s.schedule()), [(1, 8, 8, false)]);
+        assert_eq!(shape(&s.schedule()), [(1, 16, 4, true)]);
+        assert_eq!(s.seq(1).map(|q| q.blocks.len()), Some(5));
+    }
+
+    #[test]
+    fn max_num_seqs_holds_the_rest_back() {
+        let mut s = scheduler(16, 64, 2, false);
+        for id in 1..=3 {
+            s.add(prompt(id, 2));
+        }
+        assert_eq!(shape(&s.schedule()), [(1, 0, 2, true), (2, 0, 2, true)]);
+        assert_eq!((s.num_running(), s.num_waiting()), (2, 1));
+        s.remove(1);
+        assert_eq!(shape(&s.schedule()), [(3, 0, 2, true)]);
+    }
+
+    #[test]
+    fn out_of_blocks_the_newest_running_sequence_is_preempted() {
+        // 3 blocks of 4 tokens; two sequences of 4 tokens hold 2 of them.
+        let mut s = scheduler(3, 64, 8, false);
+        s.add(prompt(1, 4));
+        s.add(prompt(2, 4));
+        assert_eq!(s.schedule().seqs.len(), 2);
+        s.append_token(1, 9);
+        s.append_token(2, 9);
+        // Each decode needs a fifth slot (a new block): one is free, so
+        // sequence 1 gets it and sequence 2 is preempted to make room.
+        let plan = s.schedule();
+        assert_eq!(shape(&plan), [(1, 4, 1, true)]);
+        assert_eq!(plan.preempted, [2]);
+        let q = s
+            .seq(2)
+            .map(|q| (q.num_computed, q.blocks.len(), q.preemptions));
+        assert_eq!(q, Some((0, 0, 1)));
+        assert_eq!(s.num_waiting(), 1);
+        // Once 1 is gone, 2 is recomputed from its prompt and its token.
+        s.remove(1);
+        assert_eq!(shape(&s.schedule()), [(2, 0, 5, true)]);
+    }
+
+    #[test]
+    fn a_cached_prefix_is_not_recomputed() {
+        let mut s = scheduler(16, 64, 8, true);
+        s.add(prompt(1, 9));
+        s.schedule();
+        s.remove(1);
+        // Same tokens: the two full blocks (8 tokens) come from the cache.
+        let mut again = prompt(1, 9);
+        again.id = 2;
+        s.add(again);
+        assert_eq!(shape(&s.schedule()), [(2, 8, 1, true)]);
+        assert_eq!(s.seq(2).and_then(|q| q.cached_prompt_tokens), Some(8));
+    }
+
+    #[test]
+    fn a_prompt_that_does_not_fit_the_free_blocks_waits() {
+        let mut s = scheduler(2, 64, 8, false);
+        s.add(prompt(1, 8));
+        s.add(prompt(2, 4));
+        assert_eq!(shape(&s.schedule()), [(1, 0, 8, true)]);
+        assert_eq!(s.num_waiting(), 1);
+        assert!(s.schedule().seqs.iter().all(|q| q.id == 1));
+    }
+}

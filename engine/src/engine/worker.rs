@@ -1,16 +1,19 @@
-//! The engine thread: owns the model, the KV cache and the scheduler, and
-//! runs schedule → forward → sample → stream until told to stop.
+//! The engine thread: owns the scheduler, the requests and the model
+//! runner, and loops schedule → execute → update until told to stop
+//! (vLLM v1's contract: the scheduler plans without tensors, the runner
+//! executes without deciding, and the results update the sequences and
+//! stream out as events).
 
 use super::blocks::BlockManager;
 use super::histograms::EngineHistograms;
 use super::request::{EngineEvent, EngineRequest, RequestTimes, TokenDelta, Usage};
-use super::scheduler::{Schedule, Scheduler, SchedulerConfig, SeqId, SeqState};
+use super::runner::{prepare_step, ModelRunner, RunnerOutput};
+use super::scheduler::{Scheduler, SchedulerConfig, SeqId, SeqState};
 use super::stats::EngineStats;
 use super::{Command, EngineConfig, EngineInfo, Published, RequestId};
 use crate::output::{FinishReason, OutputState};
 use crate::sampling::{SamplingParams, SequenceSampler};
 use crate::tokenizer::Tokenizer;
-use llm_serve_models::{KvCache, LogitsWanted, Model, SeqInput};
 use std::collections::HashMap;
 use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -19,7 +22,6 @@ use tokio::sync::mpsc::UnboundedSender;
 
 struct Sample {
     seq: SeqId,
-    sampler: SequenceSampler,
     output: OutputState,
     done: bool,
 }
@@ -43,9 +45,8 @@ impl Request {
 }
 
 pub(crate) struct Worker {
-    model: Arc<Model>,
     tokenizer: Arc<Tokenizer>,
-    cache: KvCache,
+    runner: ModelRunner,
     sched: Scheduler,
     info: EngineInfo,
     requests: HashMap<RequestId, Request>,
@@ -59,9 +60,8 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub(crate) fn new(
-        model: Arc<Model>,
+        runner: ModelRunner,
         tokenizer: Arc<Tokenizer>,
-        cache: KvCache,
         cfg: &EngineConfig,
         info: EngineInfo,
         shared_stats: Arc<Mutex<Published>>,
@@ -78,9 +78,8 @@ impl Worker {
         );
         let eos = tokenizer.eos_token_ids().to_vec();
         Worker {
-            model,
             tokenizer,
-            cache,
+            runner,
             sched,
             info,
             requests: HashMap::new(),
@@ -131,12 +130,11 @@ impl Worker {
     /// Applies one command; false means stop.
     fn handle(&mut self, c: Command) -> bool {
         match c {
-            Command::Submit {
-                id,
-                request,
-                arrival,
-                events,
-            } => self.admit(id, *request, arrival, events),
+            Command::Submit(submissions) => {
+                for s in submissions {
+                    self.admit(s.id, s.request, s.arrival, s.events);
+                }
+            }
             Command::Abort(id) => self.abort_request(id),
             Command::Shutdown => return false,
         }
@@ -155,9 +153,12 @@ impl Worker {
         for index in 0..n {
             let seq = self.next_seq;
             self.next_seq += 1;
+            self.runner.add_sequence(
+                seq,
+                SequenceSampler::new(&r.params, &r.prompt, &self.eos, index),
+            );
             samples.push(Sample {
                 seq,
-                sampler: SequenceSampler::new(&r.params, &r.prompt, &self.eos, index),
                 output: OutputState::new(&r.params, &r.prompt, &self.eos, self.info.max_model_len),
                 done: false,
             });
@@ -206,8 +207,10 @@ impl Worker {
                 }
             }
         }
-        match self.forward(&plan) {
-            Ok(logits) => self.sample(&plan, &logits),
+        let executed = prepare_step(&plan, self.runner.block_size(), |id| self.sched.seq(id))
+            .and_then(|step| self.runner.execute(&step));
+        match executed {
+            Ok(output) => self.update_from_output(output),
             Err(e) => {
                 tracing::error!("forward pass failed: {e}");
                 self.sched.blocks_mut().reset_prefix_cache();
@@ -236,44 +239,17 @@ impl Worker {
             .observe(step_tokens as f64);
     }
 
-    /// One forward pass over the plan; logits of the sequences that sample,
-    /// in plan order.
-    fn forward(&mut self, plan: &Schedule) -> crate::error::Result<Vec<f32>> {
-        let mut inputs = Vec::with_capacity(plan.seqs.len());
-        for s in &plan.seqs {
-            let Some(q) = self.sched.seq(s.id) else {
-                continue;
-            };
-            inputs.push(SeqInput {
-                tokens: &q.tokens[s.start..s.start + s.len],
-                start_pos: s.start,
-                block_table: &q.blocks,
-                logits: if s.sample {
-                    LogitsWanted::Last
-                } else {
-                    LogitsWanted::None
-                },
-            });
-        }
-        let logits = self.model.forward(&inputs, &mut self.cache)?;
-        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
-    }
-
-    fn sample(&mut self, plan: &Schedule, logits: &[f32]) {
-        let vocab = self.info.vocab_size;
+    /// Streams each sampled token and moves its sequence on (or ends it).
+    fn update_from_output(&mut self, output: RunnerOutput) {
         let now = Instant::now();
-        for (row, s) in plan.seqs.iter().filter(|s| s.sample).enumerate() {
-            let Some(x) = logits.get(row * vocab..(row + 1) * vocab) else {
-                break;
-            };
-            let Some(&(rid, index)) = self.owner.get(&s.id) else {
+        for (seq, picked) in output.sampled {
+            let Some(&(rid, index)) = self.owner.get(&seq) else {
                 continue;
             };
             let Some(r) = self.requests.get_mut(&rid) else {
                 continue;
             };
             let sample = &mut r.samples[index];
-            let picked = sample.sampler.sample(x);
             let token = picked.token;
             let update = match sample.output.push(&self.tokenizer, picked.token) {
                 Ok(u) => u,
@@ -314,7 +290,7 @@ impl Worker {
             }
             match update.finished {
                 Some(reason) => self.finish_sample(rid, index, reason),
-                None => self.sched.append_token(s.id, token),
+                None => self.sched.append_token(seq, token),
             }
         }
     }
@@ -368,6 +344,7 @@ impl Worker {
             text,
         });
         self.sched.remove(seq);
+        self.runner.remove_sequence(seq);
         self.owner.remove(&seq);
     }
 
@@ -402,6 +379,7 @@ impl Worker {
         };
         for s in &r.samples {
             self.sched.remove(s.seq);
+            self.runner.remove_sequence(s.seq);
             self.owner.remove(&s.seq);
         }
         self.stats.finished_error += 1;

@@ -1,14 +1,15 @@
 //! The per-sequence sampler: logits processors in vLLM's order, then
 //! greedy or seeded random sampling, plus logprobs of the raw logits.
 //!
-//! Order: min_tokens (stop tokens banned) -> logit_bias -> repetition,
-//! frequency and presence penalties -> greedy argmax, or temperature ->
-//! min_p -> top_k -> top_p -> sample.
+//! Order: the logits processors (a grammar mask first when there is one,
+//! then min_tokens, logit_bias, repetition, frequency and presence
+//! penalties) -> greedy argmax, or temperature -> min_p -> top_k -> top_p
+//! -> sample.
 
 use super::params::SamplingParams;
+use super::processors::{builtin, LogitsProcessor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::{HashMap, HashSet};
 
 /// The chosen token and, when asked for, logprobs of the raw logits.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,13 +24,8 @@ pub struct Sampled {
 pub struct SequenceSampler {
     params: SamplingParams,
     rng: ChaCha8Rng,
-    /// Times each token was generated so far.
-    output_counts: HashMap<u32, u32>,
-    /// Tokens of prompt and output (repetition penalty).
-    seen: HashSet<u32>,
-    /// Tokens banned until `min_tokens` are out.
-    stop_ids: Vec<u32>,
-    generated: usize,
+    /// Applied in order to a copy of the raw logits before picking.
+    processors: Vec<Box<dyn LogitsProcessor>>,
 }
 
 impl SequenceSampler {
@@ -44,73 +40,36 @@ impl SequenceSampler {
             }
             None => ChaCha8Rng::from_os_rng(),
         };
-        let mut stop_ids: Vec<u32> = params.stop_token_ids.clone();
-        if !params.ignore_eos {
-            stop_ids.extend_from_slice(eos_ids);
-        }
-        let seen = if params.repetition_penalty != 1.0 {
-            prompt.iter().copied().collect()
-        } else {
-            HashSet::new()
-        };
         SequenceSampler {
             params: params.clone(),
             rng,
-            output_counts: HashMap::new(),
-            seen,
-            stop_ids,
-            generated: 0,
+            processors: builtin(params, prompt, eos_ids),
         }
+    }
+
+    /// Puts `p` first in the list (where a grammar mask goes: before
+    /// biases and penalties, as vLLM applies its bitmask).
+    pub fn prepend_processor(&mut self, p: Box<dyn LogitsProcessor>) {
+        self.processors.insert(0, p);
     }
 
     /// Picks the next token from the model's raw logits for this position.
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
-        let p = &self.params;
         let mut x = logits.to_vec();
-        if self.generated < p.min_tokens {
-            for &id in &self.stop_ids {
-                if let Some(v) = x.get_mut(id as usize) {
-                    *v = f32::NEG_INFINITY;
-                }
-            }
+        for p in self.processors.iter_mut() {
+            p.process(&mut x);
         }
-        for (&id, &bias) in &p.logit_bias {
-            if let Some(v) = x.get_mut(id as usize) {
-                *v += bias.clamp(-100.0, 100.0);
-            }
-        }
-        if p.repetition_penalty != 1.0 {
-            for &id in &self.seen {
-                if let Some(v) = x.get_mut(id as usize) {
-                    *v = if *v > 0.0 {
-                        *v / p.repetition_penalty
-                    } else {
-                        *v * p.repetition_penalty
-                    };
-                }
-            }
-        }
-        if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
-            for (&id, &c) in &self.output_counts {
-                if let Some(v) = x.get_mut(id as usize) {
-                    *v -= p.frequency_penalty * c as f32 + p.presence_penalty;
-                }
-            }
-        }
-        let token = if p.is_greedy() {
+        let token = if self.params.is_greedy() {
             argmax(&x)
         } else {
             self.sample_random(&mut x)
         };
-        let p = &self.params;
-        let (logprob, top_logprobs) = match p.logprobs {
+        let (logprob, top_logprobs) = match self.params.logprobs {
             Some(k) => raw_logprobs(logits, token, k),
             None => (0.0, Vec::new()),
         };
-        self.generated += 1;
-        *self.output_counts.entry(token).or_insert(0) += 1;
-        if p.repetition_penalty != 1.0 {
-            self.seen.insert(token);
+        for p in self.processors.iter_mut() {
+            p.accept(token);
         }
         Sampled {
             token,

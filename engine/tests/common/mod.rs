@@ -2,10 +2,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 #![allow(dead_code)]
 
-use llm_serve_engine::Tokenizer;
+use llm_serve_engine::{Engine, EngineConfig, Tokenizer};
 use llm_serve_models::{Model, ModelFiles};
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
@@ -30,8 +30,20 @@ pub fn default_model_path() -> PathBuf {
 
 pub struct Loaded {
     pub files: ModelFiles,
-    pub model: Model,
-    pub tokenizer: Tokenizer,
+    pub model: Arc<Model>,
+    pub tokenizer: Arc<Tokenizer>,
+}
+
+impl Loaded {
+    /// An engine over the model, with a KV cache that holds its whole
+    /// 4096-token context.
+    pub fn engine(&self) -> Engine {
+        let cfg = EngineConfig {
+            kv_cache_memory_bytes: Some(128 * 1024 * 1024),
+            ..EngineConfig::default()
+        };
+        Engine::start(self.model.clone(), self.tokenizer.clone(), cfg).unwrap()
+    }
 }
 
 /// The default model, loaded once per test binary.
@@ -44,8 +56,8 @@ pub fn default_model() -> &'static Loaded {
         let tokenizer = Tokenizer::load(&files, model.gguf_metadata()).unwrap();
         Loaded {
             files,
-            model,
-            tokenizer,
+            model: Arc::new(model),
+            tokenizer: Arc::new(tokenizer),
         }
     })
 }
@@ -53,8 +65,7 @@ pub fn default_model() -> &'static Loaded {
 /// The default model and tokenizer behind `Arc`s, for engines (loaded once
 /// per test binary, with a 1024-token context so small KV caches are
 /// allowed).
-pub fn default_model_shared() -> (std::sync::Arc<Model>, std::sync::Arc<Tokenizer>) {
-    use std::sync::Arc;
+pub fn default_model_shared() -> (Arc<Model>, Arc<Tokenizer>) {
     static M: OnceLock<(Arc<Model>, Arc<Tokenizer>)> = OnceLock::new();
     M.get_or_init(|| {
         llm_serve_kernels::threads::init(2);
