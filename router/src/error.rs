@@ -2,10 +2,10 @@
 //! `{"error": {"message", "type", "param", "code"}}` with the HTTP status
 //! in `code`, and the router's own setup errors.
 
+use crate::wire::{ErrorBody, ErrorDetail};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use llm_serve_proto::status_param;
-use serde_json::json;
 
 /// An error answered to an API client.
 #[derive(Clone, Debug, PartialEq)]
@@ -145,22 +145,35 @@ impl ApiError {
         }
     }
 
-    /// The `{"error": {...}}` body.
+    /// The `{"error": {...}}` body, typed.
+    pub fn wire(&self) -> ErrorBody<'_> {
+        ErrorBody {
+            error: ErrorDetail {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param.as_deref(),
+                code: self.status.as_u16(),
+            },
+        }
+    }
+
+    /// The `{"error": {...}}` body as a JSON value (for the server's own
+    /// responses).
     pub fn body(&self) -> serde_json::Value {
-        json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.status.as_u16(),
-            }
-        })
+        // An error body is strings and a number: serializing it cannot fail.
+        serde_json::to_value(self.wire()).unwrap_or_default()
+    }
+
+    /// The `{"error": {...}}` body as JSON text (for streams).
+    pub fn body_text(&self) -> String {
+        // As in `body`, this cannot fail.
+        serde_json::to_string(&self.wire()).unwrap_or_default()
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        (self.status, axum::Json(self.wire())).into_response()
     }
 }
 
@@ -180,4 +193,37 @@ pub enum RouterError {
     ReplicaAddress { addr: String, detail: String },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The body as it was written before it was typed.
+    fn literal(e: &ApiError) -> serde_json::Value {
+        json!({
+            "error": {
+                "message": e.message,
+                "type": e.kind,
+                "param": e.param,
+                "code": e.status.as_u16(),
+            }
+        })
+    }
+
+    #[test]
+    fn the_body_is_openais_error_object() {
+        for e in [
+            ApiError::bad_request("`n` must be \"1\".", Some("n")),
+            ApiError::model_not_found("x/y"),
+            ApiError::unavailable("no replica"),
+            ApiError::timeout(2.5),
+        ] {
+            assert_eq!(e.body_text(), literal(&e).to_string());
+            assert_eq!(e.body(), literal(&e));
+            assert_eq!(e.body().to_string(), literal(&e).to_string());
+        }
+    }
 }

@@ -6,6 +6,9 @@
 //! `/metrics` is scraped, so they are as fresh as the scrape. One
 //! `Metrics` is shared by every application of a proxy, and also holds
 //! Ray Serve's metrics (`serve_metrics`).
+//!
+//! This module depends on `replicas` (to scrape them), never the other way:
+//! replicas record into `ServeMetrics` alone.
 
 use crate::replicas::{Deployment, ReplicaState};
 use crate::serve_metrics::ServeMetrics;
@@ -24,6 +27,7 @@ pub const PREFIX: &str = "llm_serve:";
 /// How long a scrape waits for a replica's counters.
 const STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The proxy's metrics registry and what the router records in it.
 pub struct Metrics {
     registry: Registry,
     http_requests: IntCounterVec,
@@ -111,6 +115,19 @@ impl Metrics {
         let mut out = Vec::new();
         TextEncoder::new().encode(&families, &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+/// A deployment records into the proxy's Serve counters.
+impl From<Arc<Metrics>> for ServeMetrics {
+    fn from(m: Arc<Metrics>) -> Self {
+        m.serve.clone()
+    }
+}
+
+impl From<&Metrics> for ServeMetrics {
+    fn from(m: &Metrics) -> Self {
+        m.serve.clone()
     }
 }
 

@@ -1,10 +1,12 @@
 //! The engine replicas the router can send requests to: per served model a
 //! deployment of replicas, each with a gRPC client and the router's own
 //! count of requests in flight on it; the deployment's limits on requests
-//! per replica and requests queued.
+//! per replica and requests queued. Requests are counted in Ray Serve's
+//! metrics (`serve_metrics`) as they go to replicas; this module depends
+//! on those counters only, not on `metrics` (which reads the replicas).
 
 use crate::error::{ApiError, RouterError};
-use crate::metrics::Metrics;
+use crate::serve_metrics::ServeMetrics;
 use llm_serve_proto::replica_client::ReplicaClient;
 use llm_serve_proto::{InfoResponse, PresentSecret};
 use std::collections::BTreeMap;
@@ -166,7 +168,7 @@ impl Default for Limits {
 /// deployment and its requests.
 struct Accounting {
     labels: DeploymentLabels,
-    metrics: Arc<Metrics>,
+    serve: ServeMetrics,
     limits: RwLock<Limits>,
     /// Tickets of the queued requests, oldest first: a request takes a
     /// replica only when fewer requests wait ahead of it than there are
@@ -200,7 +202,7 @@ pub struct InFlight {
 impl InFlight {
     fn new(replica: Arc<Replica>, accounting: Arc<Accounting>) -> Self {
         replica.ongoing.fetch_add(1, Ordering::SeqCst);
-        let m = &accounting.metrics.serve;
+        let m = &accounting.serve;
         m.replica_processing_queries
             .with_label_values(&accounting.replica_labels(&replica.id))
             .inc();
@@ -235,7 +237,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.replica.ongoing.fetch_sub(1, Ordering::SeqCst);
         let a = &self.accounting;
-        let m = &a.metrics.serve;
+        let m = &a.serve;
         let l = &a.labels;
         let with_route = [
             &*l.deployment,
@@ -273,8 +275,7 @@ struct Queued<'a> {
 
 impl<'a> Queued<'a> {
     fn new(a: &'a Accounting) -> Self {
-        a.metrics
-            .serve
+        a.serve
             .deployment_queued_queries
             .with_label_values(&a.handle_labels())
             .inc();
@@ -309,8 +310,7 @@ impl Drop for Queued<'_> {
                 line.remove(pos);
             }
         }
-        a.metrics
-            .serve
+        a.serve
             .deployment_queued_queries
             .with_label_values(&a.handle_labels())
             .dec();
@@ -348,7 +348,13 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    pub fn new(model_id: &str, labels: DeploymentLabels, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// A deployment of no replicas yet, counting its requests in `serve`
+    /// (Serve's counters, or the proxy's `Metrics` that hold them).
+    pub fn new(
+        model_id: &str,
+        labels: DeploymentLabels,
+        serve: impl Into<ServeMetrics>,
+    ) -> Arc<Self> {
         Arc::new(Deployment {
             model_id: model_id.to_string(),
             created: SystemTime::now()
@@ -360,7 +366,7 @@ impl Deployment {
             expecting: AtomicBool::new(false),
             accounting: Arc::new(Accounting {
                 labels,
-                metrics,
+                serve: serve.into(),
                 limits: RwLock::new(Limits::default()),
                 line: Mutex::new(VecDeque::new()),
                 next_ticket: AtomicU64::new(0),
@@ -616,8 +622,8 @@ mod tests {
     use super::*;
 
     fn deployment(max_ongoing_requests: u64) -> Arc<Deployment> {
-        let metrics = Arc::new(Metrics::new().unwrap());
-        let d = Deployment::new("m", DeploymentLabels::default(), metrics);
+        let serve = ServeMetrics::register(&prometheus::Registry::new()).unwrap();
+        let d = Deployment::new("m", DeploymentLabels::default(), serve);
         d.set_limits(Limits {
             max_ongoing_requests,
             ..Limits::default()

@@ -2,6 +2,10 @@
 //! names and labels. The router records the deployment-side ones as
 //! requests go to replicas; the proxy and the controller (in the server)
 //! record theirs on the same registry, so one scrape shows them all.
+//!
+//! The counters are their own module, apart from the proxy-wide `Metrics`,
+//! so `replicas` can record into them without depending on `metrics`
+//! (which reads the replicas' engine stats when scraped).
 
 use prometheus::{
     Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -13,6 +17,9 @@ pub const LATENCY_BUCKETS_MS: [f64; 20] = [
     10000.0, 60000.0, 120000.0, 300000.0, 600000.0, 3600000.0,
 ];
 
+/// Ray Serve's counters. A clone shares the counters (prometheus' metric
+/// vectors are handles), so each deployment keeps one.
+#[derive(Clone)]
 pub struct ServeMetrics {
     // Recorded by the router, per replica.
     pub deployment_request_counter: IntCounterVec,

@@ -3,19 +3,22 @@
 use super::generation::{self, merged};
 use super::request::{check_fan_out, fields, require, CommonFields, CompletionFields, Prompt};
 use super::response::{
-    collect, finish_reason, stop_reason, usage, CompletionLogprobs, Meta, StreamUsage,
+    collect, finish_reason, push_completion_logprob, stop_reason, usage, Collected, Meta,
+    StreamUsage,
 };
 use super::sse::{chunks, sse_response, SseEvents};
-use crate::app::{App, Body, RequestContext};
 use crate::error::ApiError;
+use crate::extract::Body;
 use crate::replicas::{Deployment, Models};
+use crate::state::{App, RequestContext};
+use crate::wire::{CompletionChoice, CompletionLogprobs, TextCompletion, TextCompletionChunk};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::stream::BoxStream;
 use llm_serve_proto as pb;
 use pb::generate_event::Event;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -85,36 +88,41 @@ pub async fn completions(
         Ok(sse_response(chunks.stream(events)))
     } else {
         let collected = collect(events).await?;
-        let choices: Vec<Value> = collected
-            .choices
-            .iter()
-            .map(|(&index, c)| {
-                let prefix = prefixes.get(&index).cloned().unwrap_or_default();
-                let logprobs = if c.logprobs.is_empty() {
-                    Value::Null
-                } else {
-                    let mut lp = CompletionLogprobs::default();
-                    let mut offset = prefix.chars().count();
-                    for (chosen, top) in &c.logprobs {
-                        lp.push(chosen, top, offset);
-                        offset += chosen.token.chars().count();
-                    }
-                    lp.to_json()
-                };
-                json!({
-                    "index": index,
-                    "text": prefix + &c.text,
-                    "logprobs": logprobs,
-                    "finish_reason": finish_reason(c.finish.as_ref()),
-                    "stop_reason": stop_reason(c.finish.as_ref()),
-                })
-            })
-            .collect();
-        let u = &collected.usage;
-        let mut body = meta.object(OBJECT, choices);
-        body["usage"] = usage(u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens);
-        Ok(Json(body).into_response())
+        Ok(Json(text_completion(&meta, &collected, &prefixes)).into_response())
     }
+}
+
+/// The whole completion of a request's collected events, each choice's
+/// text after its prefix (the echoed prompt).
+fn text_completion(
+    meta: &Meta,
+    collected: &Collected,
+    prefixes: &BTreeMap<u32, String>,
+) -> TextCompletion {
+    let choices: Vec<CompletionChoice> = collected
+        .choices
+        .iter()
+        .map(|(&index, c)| {
+            let prefix = prefixes.get(&index).cloned().unwrap_or_default();
+            let logprobs = (!c.logprobs.is_empty()).then(|| {
+                let mut lp = CompletionLogprobs::default();
+                let mut offset = prefix.chars().count();
+                for (chosen, top) in &c.logprobs {
+                    push_completion_logprob(&mut lp, chosen, top, offset);
+                    offset += chosen.token.chars().count();
+                }
+                lp
+            });
+            CompletionChoice {
+                index,
+                text: prefix + &c.text,
+                logprobs,
+                finish_reason: finish_reason(c.finish.as_ref()),
+                stop_reason: stop_reason(c.finish.as_ref()),
+            }
+        })
+        .collect();
+    meta.completion(OBJECT, choices, usage(&collected.usage))
 }
 
 /// A completions request checked as far as it can be before a replica
@@ -206,39 +214,32 @@ impl CompletionChunks {
         &self,
         index: u32,
         text: String,
-        logprobs: Value,
+        logprobs: Option<CompletionLogprobs>,
         finish: Option<&pb::Finish>,
-    ) -> Value {
-        let mut c = self.meta.object(
-            OBJECT,
-            vec![json!({
-                "index": index,
-                "text": text,
-                "logprobs": logprobs,
-                "finish_reason": finish_reason(finish),
-                "stop_reason": stop_reason(finish),
-            })],
-        );
-        self.usage.annotate(&mut c);
-        c
+    ) -> TextCompletionChunk {
+        let choice = CompletionChoice {
+            index,
+            text,
+            logprobs,
+            finish_reason: finish_reason(finish),
+            stop_reason: stop_reason(finish),
+        };
+        self.meta.chunk(OBJECT, vec![choice], self.usage.on_chunk())
     }
 
-    fn on_event(&mut self, e: Event) -> Vec<Value> {
+    fn on_event(&mut self, e: Event) -> Vec<TextCompletionChunk> {
         match e {
             Event::Token(t) => {
                 self.usage.completion_tokens += 1;
                 let echo = self.pending_echo.remove(&t.index).unwrap_or_default();
-                let logprobs = match &t.logprob {
-                    Some(lp) => {
-                        let offset = self.offsets.entry(t.index).or_default();
-                        let mut l = CompletionLogprobs::default();
-                        l.push(lp, &t.top_logprobs, *offset);
-                        *offset += lp.token.chars().count();
-                        l.to_json()
-                    }
-                    None => Value::Null,
-                };
-                if t.text.is_empty() && echo.is_empty() && logprobs.is_null() && t.finish.is_none()
+                let logprobs = t.logprob.as_ref().map(|lp| {
+                    let offset = self.offsets.entry(t.index).or_default();
+                    let mut l = CompletionLogprobs::default();
+                    push_completion_logprob(&mut l, lp, &t.top_logprobs, *offset);
+                    *offset += lp.token.chars().count();
+                    l
+                });
+                if t.text.is_empty() && echo.is_empty() && logprobs.is_none() && t.finish.is_none()
                 {
                     return Vec::new();
                 }
@@ -252,7 +253,7 @@ impl CompletionChunks {
                     return Vec::new();
                 }
                 let echo = self.pending_echo.remove(&s.index).unwrap_or_default();
-                vec![self.chunk(s.index, echo, Value::Null, s.finish.as_ref())]
+                vec![self.chunk(s.index, echo, None, s.finish.as_ref())]
             }
             Event::Finished(f) => self
                 .usage
@@ -263,7 +264,100 @@ impl CompletionChunks {
         }
     }
 
-    fn stream(mut self, events: BoxStream<'static, Result<Event, ApiError>>) -> SseEvents {
+    fn stream(
+        mut self,
+        events: BoxStream<'static, Result<Event, ApiError>>,
+    ) -> SseEvents<TextCompletionChunk> {
         chunks(events, move |e| self.on_event(e))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::golden;
+    use super::*;
+    use futures::StreamExt;
+
+    fn meta() -> Meta {
+        Meta::new("cmpl", "req-1", "some/model")
+    }
+
+    fn to_text(v: &impl serde::Serialize) -> String {
+        serde_json::to_string(v).unwrap()
+    }
+
+    /// Choices 0 and 2 echo their prompts, 1 does not.
+    fn prefixes() -> BTreeMap<u32, String> {
+        [
+            (0, "Say hi: ".to_string()),
+            (1, String::new()),
+            (2, "ünï ".into()),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    #[test]
+    fn chunks_are_byte_identical_to_the_json_literals() {
+        for (include, continuous) in golden::USAGE_SETTINGS {
+            let meta = meta();
+            let old_meta = meta.old();
+            let offsets: BTreeMap<u32, usize> = prefixes()
+                .iter()
+                .map(|(&c, p)| (c, p.chars().count()))
+                .collect();
+            let pending_echo: BTreeMap<u32, String> = prefixes()
+                .into_iter()
+                .filter(|(_, p)| !p.is_empty())
+                .collect();
+            let mut new = CompletionChunks {
+                meta,
+                usage: StreamUsage {
+                    include,
+                    continuous,
+                    prompt_tokens: 11,
+                    completion_tokens: 0,
+                },
+                offsets: offsets.clone(),
+                pending_echo: pending_echo.clone(),
+                finished: BTreeSet::new(),
+            };
+            let mut old = golden::CompletionChunks {
+                meta: old_meta,
+                usage: golden::OldStreamUsage {
+                    include,
+                    continuous,
+                    prompt_tokens: 11,
+                    completion_tokens: 0,
+                },
+                offsets,
+                pending_echo,
+                finished: BTreeSet::new(),
+            };
+            let mut count = 0;
+            for e in golden::events() {
+                let a: Vec<String> = new.on_event(e.clone()).iter().map(to_text).collect();
+                let b: Vec<String> = old.on_event(e).iter().map(|v| v.to_string()).collect();
+                assert_eq!(a, b, "include_usage={include} continuous={continuous}");
+                count += a.len();
+            }
+            assert!(count >= 6, "{count} chunks");
+        }
+    }
+
+    #[tokio::test]
+    async fn whole_response_is_byte_identical_to_the_json_literal() {
+        let events = futures::stream::iter(golden::events().into_iter().map(Ok)).boxed();
+        let collected = collect(events).await.unwrap();
+        let meta = meta();
+        let new = to_text(&text_completion(&meta, &collected, &prefixes()));
+        let old = golden::text_completion(&meta.old(), &collected, &prefixes()).to_string();
+        assert_eq!(new, old);
+        // A duplicate top token keeps its first place with its last value.
+        assert!(
+            new.contains(r#"{"é":-0.10000000149011612,"x":-2.5}"#),
+            "{new}"
+        );
     }
 }

@@ -4,15 +4,15 @@
 //! conversion to the replica protocol. Nothing may panic; every refusal
 //! is a client error with a message; what is accepted is within bounds.
 
-use super::{chat, completions, parse_object};
+use super::{chat, completions};
 use crate::error::ApiError;
+use crate::extract::parse_object;
 use crate::fuzzing::fuzz_for;
-use crate::metrics::Metrics;
 use crate::replicas::{Deployment, DeploymentLabels, Models};
+use crate::serve_metrics::ServeMetrics;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{Map, Value};
-use std::sync::Arc;
 
 /// Field names the endpoints read, and a few they do not.
 const FIELDS: &[&str] = &[
@@ -146,8 +146,9 @@ fn body() -> impl Strategy<Value = Value> {
 /// The router's models: one called `m`, as a replica would have it.
 fn models() -> Models {
     let models = Models::default();
-    let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
-    models.insert(Deployment::new("m", DeploymentLabels::default(), metrics));
+    let serve = ServeMetrics::register(&prometheus::Registry::new())
+        .unwrap_or_else(|e| panic!("metrics: {e}"));
+    models.insert(Deployment::new("m", DeploymentLabels::default(), serve));
     models
 }
 

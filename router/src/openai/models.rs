@@ -1,36 +1,42 @@
 //! `GET /v1/models` and `GET /v1/models/{model}`.
 
-use crate::app::App;
 use crate::error::ApiError;
 use crate::replicas::Deployment;
+use crate::state::App;
+use crate::wire::{ModelCard, ModelList};
 use axum::extract::{Path, State};
 use axum::Json;
-use serde_json::{json, Value};
 use std::sync::Arc;
 
-fn card(d: &Deployment) -> Value {
+fn card(d: &Deployment) -> ModelCard {
     let info = d.info();
-    json!({
-        "id": d.model_id,
-        "object": "model",
-        "created": d.created,
-        "owned_by": "llm-serve",
-        "root": info.as_ref().map(|i| i.model_source.clone()).unwrap_or_else(|| d.model_id.clone()),
-        "parent": null,
-        "max_model_len": info.map(|i| i.max_model_len),
-        "permission": [],
-    })
+    ModelCard {
+        id: d.model_id.clone(),
+        object: "model",
+        created: d.created,
+        owned_by: "llm-serve",
+        root: info
+            .as_ref()
+            .map(|i| i.model_source.clone())
+            .unwrap_or_else(|| d.model_id.clone()),
+        parent: None,
+        max_model_len: info.map(|i| i.max_model_len),
+        permission: [],
+    }
 }
 
-pub async fn list(State(app): State<Arc<App>>) -> Json<Value> {
-    let data: Vec<Value> = app.models.all().iter().map(|d| card(d)).collect();
-    Json(json!({"object": "list", "data": data}))
+pub async fn list(State(app): State<Arc<App>>) -> Json<ModelList> {
+    let data: Vec<ModelCard> = app.models.all().iter().map(|d| card(d)).collect();
+    Json(ModelList {
+        object: "list",
+        data,
+    })
 }
 
 pub async fn retrieve(
     State(app): State<Arc<App>>,
     Path(model): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelCard>, ApiError> {
     let d = app
         .models
         .get(&model)

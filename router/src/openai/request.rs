@@ -12,20 +12,6 @@ use std::collections::BTreeMap;
 /// The most top logprobs a request may ask for (vLLM's `--max-logprobs`).
 pub const MAX_TOP_LOGPROBS: u32 = 20;
 
-/// The body as a JSON object, or a 400 saying what is wrong with it.
-pub fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!("The request body is not valid JSON: {e}"), None)
-    })?;
-    if !value.is_object() {
-        return Err(ApiError::bad_request(
-            "The request body must be a JSON object.",
-            None,
-        ));
-    }
-    Ok(value)
-}
-
 /// Reads `T` from the body's fields; a type error names the field.
 pub fn fields<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {

@@ -1,13 +1,17 @@
-//! Pieces of OpenAI response bodies shared by the endpoints: usage,
-//! finish reasons, logprobs in both shapes, and the collection of a
-//! request's events into whole choices.
+//! Pieces of OpenAI response bodies shared by the endpoints, built as the
+//! `wire` types: the envelope of responses and chunks, usage, finish
+//! reasons, logprobs in both shapes; and the collection of a request's
+//! events into whole choices.
 
 use crate::error::ApiError;
+use crate::wire::{
+    ChatLogprobs, ChatTokenLogprob, ChatTopLogprob, Chunk, Completion, CompletionLogprobs,
+    StopReason, TopLogprobs, Usage,
+};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use llm_serve_proto as pb;
 use pb::generate_event::Event;
-use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -34,15 +38,51 @@ impl Meta {
         }
     }
 
-    /// `{id, object, created, model, choices}`.
-    pub fn object(&self, object: &str, choices: Vec<Value>) -> Value {
-        json!({
-            "id": self.id,
-            "object": object,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        })
+    /// A whole response: `{id, object, created, model, choices, usage}`.
+    pub fn completion<C>(
+        &self,
+        object: &'static str,
+        choices: Vec<C>,
+        usage: Usage,
+    ) -> Completion<C> {
+        Completion {
+            id: self.id.clone(),
+            object,
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        }
+    }
+
+    /// A chunk: `{id, object, created, model, choices}` and `usage` when
+    /// given (see `Chunk::usage`).
+    pub fn chunk<C>(
+        &self,
+        object: &'static str,
+        choices: Vec<C>,
+        usage: Option<Option<Usage>>,
+    ) -> Chunk<C> {
+        Chunk {
+            id: self.id.clone(),
+            object,
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Meta {
+    /// The same facts for the old, untyped bodies (`golden`).
+    pub fn old(&self) -> super::golden::OldMeta {
+        super::golden::OldMeta {
+            id: self.id.clone(),
+            created: self.created,
+            model: self.model.clone(),
+        }
     }
 }
 
@@ -57,105 +97,110 @@ pub struct StreamUsage {
 }
 
 impl StreamUsage {
-    /// Sets a content chunk's `usage` (null unless continuous).
-    pub fn annotate(&self, chunk: &mut Value) {
+    /// A content chunk's `usage`: the running usage when continuous, else
+    /// `null` when usage is asked for, else left out.
+    pub fn on_chunk(&self) -> Option<Option<Usage>> {
         if self.continuous {
-            chunk["usage"] = usage(self.prompt_tokens, self.completion_tokens, 0);
+            Some(Some(Usage::new(
+                self.prompt_tokens,
+                self.completion_tokens,
+                0,
+            )))
         } else if self.include {
-            chunk["usage"] = Value::Null;
+            Some(None)
+        } else {
+            None
         }
     }
 
     /// The usage chunk that ends the stream, when asked for.
-    pub fn last_chunk(&self, meta: &Meta, object: &str, f: &pb::Finished) -> Option<Value> {
-        self.include.then(|| {
-            let mut c = meta.object(object, Vec::new());
-            c["usage"] = usage(f.prompt_tokens, f.completion_tokens, f.cached_prompt_tokens);
-            c
-        })
+    pub fn last_chunk<C>(
+        &self,
+        meta: &Meta,
+        object: &'static str,
+        f: &pb::Finished,
+    ) -> Option<Chunk<C>> {
+        self.include
+            .then(|| meta.chunk(object, Vec::new(), Some(Some(usage(f)))))
     }
 }
 
-pub fn usage(prompt_tokens: u32, completion_tokens: u32, cached_tokens: u32) -> Value {
-    json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens},
-    })
+/// The usage of a whole response.
+pub fn usage(f: &pb::Finished) -> Usage {
+    Usage::new(f.prompt_tokens, f.completion_tokens, f.cached_prompt_tokens)
 }
 
-pub fn finish_reason(f: Option<&pb::Finish>) -> Value {
-    f.map_or(Value::Null, |f| Value::String(f.reason.clone()))
+pub fn finish_reason(f: Option<&pb::Finish>) -> Option<String> {
+    f.map(|f| f.reason.clone())
 }
 
 /// vLLM's `stop_reason`: the stop string or token id that ended the sample.
-pub fn stop_reason(f: Option<&pb::Finish>) -> Value {
-    use pb::finish::StopReason;
+pub fn stop_reason(f: Option<&pb::Finish>) -> Option<StopReason> {
+    use pb::finish::StopReason as Pb;
     match f.and_then(|f| f.stop_reason.as_ref()) {
-        Some(StopReason::StopString(s)) => Value::String(s.clone()),
-        Some(StopReason::StopTokenId(t)) => json!(t),
-        None => Value::Null,
+        Some(Pb::StopString(s)) => Some(StopReason::Text(s.clone())),
+        Some(Pb::StopTokenId(t)) => Some(StopReason::TokenId(*t)),
+        None => None,
     }
 }
 
-/// A logprob as JSON can carry it (vLLM's floor for -inf).
-fn logprob_value(lp: f32) -> f32 {
+/// A logprob as JSON can carry it (vLLM's floor for -inf), widened to
+/// `f64` as the router has always written logprobs.
+fn logprob_value(lp: f32) -> f64 {
     if lp.is_finite() {
-        lp
+        f64::from(lp)
     } else {
         -9999.0
     }
 }
 
 /// One token of a chat `logprobs.content`.
-pub fn chat_logprob(chosen: &pb::TokenLogprob, top: &[pb::TokenLogprob]) -> Value {
-    let entry = |t: &pb::TokenLogprob| {
-        json!({
-            "token": t.token,
-            "logprob": logprob_value(t.logprob),
-            "bytes": t.bytes,
-        })
-    };
-    let mut e = entry(chosen);
-    e["top_logprobs"] = Value::Array(top.iter().map(entry).collect());
-    e
+pub fn chat_logprob(chosen: &pb::TokenLogprob, top: &[pb::TokenLogprob]) -> ChatTokenLogprob {
+    ChatTokenLogprob {
+        token: chosen.token.clone(),
+        logprob: logprob_value(chosen.logprob),
+        bytes: chosen.bytes.clone(),
+        top_logprobs: top
+            .iter()
+            .map(|t| ChatTopLogprob {
+                token: t.token.clone(),
+                logprob: logprob_value(t.logprob),
+                bytes: t.bytes.clone(),
+            })
+            .collect(),
+    }
 }
 
-/// Completions' logprobs: parallel lists over the choice's tokens.
-#[derive(Debug, Default)]
-pub struct CompletionLogprobs {
-    tokens: Vec<Value>,
-    token_logprobs: Vec<Value>,
-    top_logprobs: Vec<Value>,
-    text_offset: Vec<Value>,
+/// Chat logprobs of the given tokens (chosen, top).
+pub fn chat_logprobs<'a>(
+    tokens: impl IntoIterator<Item = (&'a pb::TokenLogprob, &'a [pb::TokenLogprob])>,
+) -> ChatLogprobs {
+    ChatLogprobs {
+        content: tokens
+            .into_iter()
+            .map(|(chosen, top)| chat_logprob(chosen, top))
+            .collect(),
+    }
 }
 
-impl CompletionLogprobs {
-    /// Appends a token whose text starts at character `offset` of the
-    /// choice's text.
-    pub fn push(&mut self, chosen: &pb::TokenLogprob, top: &[pb::TokenLogprob], offset: usize) {
-        self.tokens.push(json!(chosen.token));
-        self.token_logprobs
-            .push(json!(logprob_value(chosen.logprob)));
-        let mut alts = Map::new();
-        for t in top {
-            alts.insert(t.token.clone(), json!(logprob_value(t.logprob)));
-        }
-        alts.entry(chosen.token.clone())
-            .or_insert_with(|| json!(logprob_value(chosen.logprob)));
-        self.top_logprobs.push(Value::Object(alts));
-        self.text_offset.push(json!(offset));
+/// Appends to completions' logprobs a token whose text starts at
+/// character `offset` of the choice's text; its `top_logprobs` entry has
+/// the top tokens, then the chosen one unless it is among them.
+pub fn push_completion_logprob(
+    lp: &mut CompletionLogprobs,
+    chosen: &pb::TokenLogprob,
+    top: &[pb::TokenLogprob],
+    offset: usize,
+) {
+    lp.tokens.push(chosen.token.clone());
+    lp.token_logprobs.push(logprob_value(chosen.logprob));
+    let mut alts = TopLogprobs::default();
+    for t in top {
+        alts.insert(&t.token, logprob_value(t.logprob));
     }
-
-    pub fn to_json(&self) -> Value {
-        json!({
-            "tokens": self.tokens,
-            "token_logprobs": self.token_logprobs,
-            "top_logprobs": self.top_logprobs,
-            "text_offset": self.text_offset,
-        })
-    }
+    alts.insert_if_absent(&chosen.token, logprob_value(chosen.logprob));
+    lp.top_logprobs.push(alts);
+    lp.text_offset.push(offset);
 }
 
 /// A sample's events gathered whole.

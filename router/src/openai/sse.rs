@@ -8,21 +8,21 @@ use axum::response::{IntoResponse, Response};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use llm_serve_proto::generate_event::Event as GenerationEvent;
-use serde_json::Value;
+use serde::Serialize;
 use std::convert::Infallible;
 
 /// Chunks to send; the stream stops after an error.
-pub type SseEvents = BoxStream<'static, Result<Value, ApiError>>;
+pub type SseEvents<T> = BoxStream<'static, Result<T, ApiError>>;
 
 /// A generation's events as chunks, `on_event` making the chunks of each
 /// event; an error event becomes the stream's error.
-pub fn chunks(
+pub fn chunks<T: Send + 'static>(
     events: BoxStream<'static, Result<GenerationEvent, ApiError>>,
-    mut on_event: impl FnMut(GenerationEvent) -> Vec<Value> + Send + 'static,
-) -> SseEvents {
+    mut on_event: impl FnMut(GenerationEvent) -> Vec<T> + Send + 'static,
+) -> SseEvents<T> {
     events
         .flat_map(move |e| {
-            let out: Vec<Result<Value, ApiError>> = match e {
+            let out: Vec<Result<T, ApiError>> = match e {
                 Ok(GenerationEvent::Error(m)) => {
                     vec![Err(ApiError::internal(format!("generation failed: {m}")))]
                 }
@@ -34,9 +34,10 @@ pub fn chunks(
         .boxed()
 }
 
-pub fn sse_response(chunks: SseEvents) -> Response {
+pub fn sse_response<T: Serialize + Send + 'static>(chunks: SseEvents<T>) -> Response {
     let mut failed = false;
     let body = chunks
+        .map(|c| c.and_then(|v| serde_json::to_string(&v).map_err(ApiError::internal)))
         .take_while(move |c| {
             let go = !failed;
             failed |= c.is_err();
@@ -44,8 +45,8 @@ pub fn sse_response(chunks: SseEvents) -> Response {
         })
         .map(|c| {
             let data = match c {
-                Ok(v) => v.to_string(),
-                Err(e) => e.body().to_string(),
+                Ok(text) => text,
+                Err(e) => e.body_text(),
             };
             Ok::<_, Infallible>(Event::default().data(data))
         })

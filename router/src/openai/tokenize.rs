@@ -1,13 +1,14 @@
 //! vLLM's `POST /tokenize` and `POST /detokenize`.
 
 use super::request::{fields, ChatFields};
-use crate::app::{App, Body};
 use crate::error::ApiError;
+use crate::extract::Body;
+use crate::state::App;
+use crate::wire::{Detokenized, Tokenized};
 use axum::extract::State;
 use axum::Json;
 use llm_serve_proto as pb;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use std::sync::Arc;
 
 #[derive(Deserialize)]
@@ -21,7 +22,7 @@ struct TokenizeFields {
 pub async fn tokenize(
     State(app): State<Arc<App>>,
     Body(body): Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Tokenized>, ApiError> {
     let f: TokenizeFields = fields(&body)?;
     let input = match (&f.prompt, body.get("messages")) {
         (Some(p), None) => pb::tokenize_request::Input::Text(pb::TextPrompt {
@@ -49,17 +50,13 @@ pub async fn tokenize(
         .await
         .map_err(|s| ApiError::from_status(&s))?
         .into_inner();
-    let token_strs = if f.return_token_strs.unwrap_or(false) {
-        json!(r.token_strs)
-    } else {
-        Value::Null
-    };
-    Ok(Json(json!({
-        "count": r.ids.len(),
-        "max_model_len": r.max_model_len,
-        "tokens": r.ids,
-        "token_strs": token_strs,
-    })))
+    let token_strs = f.return_token_strs.unwrap_or(false).then_some(r.token_strs);
+    Ok(Json(Tokenized {
+        count: r.ids.len(),
+        max_model_len: r.max_model_len,
+        tokens: r.ids,
+        token_strs,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -71,7 +68,7 @@ struct DetokenizeFields {
 pub async fn detokenize(
     State(app): State<Arc<App>>,
     Body(body): Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Detokenized>, ApiError> {
     super::request::require(&body, "tokens")?;
     let f: DetokenizeFields = fields(&body)?;
     let deployment = app.models.resolve(f.model.as_deref())?;
@@ -83,5 +80,5 @@ pub async fn detokenize(
         .await
         .map_err(|s| ApiError::from_status(&s))?
         .into_inner();
-    Ok(Json(json!({"prompt": r.text})))
+    Ok(Json(Detokenized { prompt: r.text }))
 }
