@@ -154,6 +154,10 @@ fn replica_memory_is_reserved_at_placement_and_sizes_the_cache() {
     );
     d.deploy_ok(&yaml);
     d.wait_app("m", "RUNNING", UP);
+    // The replicas of the first version may still be stopping.
+    wait_until("the old replicas gone", UP, || {
+        d.replica_pids("m", SERVER).len() == 1
+    });
     let pids = d.replica_pids("m", SERVER);
     assert_eq!(pids.len(), 1);
     let weights = std::fs::metadata(llm_serve_models_default()).unwrap().len();
