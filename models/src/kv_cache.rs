@@ -37,7 +37,6 @@ pub struct KvCache {
     geom: KvGeometry,
     dtype: CacheDtype,
     pub(crate) layers: Layers,
-    device: Device,
 }
 
 impl KvCache {
@@ -77,7 +76,6 @@ impl KvCache {
             geom,
             dtype,
             layers,
-            device: *device,
         })
     }
 
@@ -87,10 +85,6 @@ impl KvCache {
 
     pub fn dtype(&self) -> CacheDtype {
         self.dtype
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
     }
 
     pub fn num_blocks(&self) -> usize {

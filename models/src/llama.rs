@@ -266,16 +266,6 @@ impl Model {
                     s.context_len, self.max_model_len
                 )));
             }
-            if let Some(&b) = inputs
-                .block_table(i)
-                .iter()
-                .find(|&&b| b as usize >= cache.num_blocks())
-            {
-                return Err(ModelError::Batch(format!(
-                    "sequence {i}: block {b} is outside the cache of {} blocks",
-                    cache.num_blocks()
-                )));
-            }
         }
         if let Some(&t) = inputs
             .token_ids
@@ -309,18 +299,16 @@ impl<B: Backend> Llama<B> {
         cache: &mut [(B::Cache, B::Cache)],
     ) -> Result<Tensor> {
         let b = &self.backend;
+        let step = b.prepare(inputs)?;
+        let x = self.layers_forward(cfg, &step, geom, cache)?;
         if inputs.logits_rows.is_empty() {
             // Nothing to sample: the K/V writes are the step's only output.
-            let step = b.prepare(inputs)?;
-            self.layers_forward(cfg, &step, geom, cache)?;
             return Ok(Tensor::zeros(
                 (0, cfg.vocab_size),
                 candle_core::DType::F32,
                 &candle_core::Device::Cpu,
             )?);
         }
-        let step = b.prepare(inputs)?;
-        let x = self.layers_forward(cfg, &step, geom, cache)?;
         let rows = b.logits_rows(x, &step)?;
         let h = b.rms_norm(&rows, &self.norm, cfg.rms_norm_eps)?;
         b.to_host(b.matmul_table(&h, &self.lm_head)?)

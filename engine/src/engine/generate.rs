@@ -49,7 +49,7 @@ impl Engine {
 }
 
 /// Reads a one-sample stream to its end.
-pub(crate) fn collect(
+fn collect(
     mut stream: RequestStream,
     prompt_tokens: usize,
     start: Instant,

@@ -87,7 +87,7 @@ impl ModelRunner {
         self.cache.block_size()
     }
 
-    pub fn vocab_size(&self) -> usize {
+    fn vocab_size(&self) -> usize {
         self.model.config().vocab_size
     }
 
