@@ -16,6 +16,10 @@ pub enum EngineError {
         param: &'static str,
         message: String,
     },
+    /// A structured-output constraint that does not compile; `param` is
+    /// the request field it came from (`response_format`, `tools[0]`, ...).
+    #[error("{message}")]
+    InvalidConstraint { param: String, message: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]

@@ -8,7 +8,9 @@ mod error;
 pub mod output;
 pub mod replica;
 pub mod sampling;
+pub mod structured;
 pub mod tokenizer;
+mod tool_format;
 
 pub use chat_template::{ChatTemplate, TemplateArgs};
 pub use engine::{
@@ -18,5 +20,6 @@ pub use engine::{
 };
 pub use error::{EngineError, Result};
 pub use output::{FinishReason, OutputState, TokenUpdate};
-pub use sampling::{LogitsProcessor, Sampled, SamplingParams, SequenceSampler};
+pub use sampling::{ConstraintStatus, LogitsProcessor, Sampled, SamplingParams, SequenceSampler};
 pub use tokenizer::Tokenizer;
+pub use tool_format::ToolCallFormat;

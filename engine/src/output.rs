@@ -15,6 +15,8 @@ pub enum FinishReason {
     StopToken(u32),
     /// One of the request's `stop` strings.
     StopString(String),
+    /// The request's grammar (structured output) is complete.
+    ConstraintComplete,
     /// `max_tokens` reached, or the end of the context.
     Length,
     /// Cancelled by the caller.
@@ -25,9 +27,10 @@ impl FinishReason {
     /// OpenAI's `finish_reason`.
     pub fn as_openai(&self) -> &'static str {
         match self {
-            FinishReason::Eos(_) | FinishReason::StopToken(_) | FinishReason::StopString(_) => {
-                "stop"
-            }
+            FinishReason::Eos(_)
+            | FinishReason::StopToken(_)
+            | FinishReason::StopString(_)
+            | FinishReason::ConstraintComplete => "stop",
             FinishReason::Length => "length",
             FinishReason::Abort => "abort",
         }
@@ -110,6 +113,18 @@ impl OutputState {
 
     /// Accounts for the sampled token `id`.
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<TokenUpdate> {
+        self.push_constrained(tok, id, false)
+    }
+
+    /// Accounts for `id`, after which the request's grammar is complete
+    /// when `constraint_complete`: the sequence ends with it, unless an
+    /// earlier reason (a stop token, `max_tokens`) ends it anyway.
+    pub fn push_constrained(
+        &mut self,
+        tok: &Tokenizer,
+        id: u32,
+        constraint_complete: bool,
+    ) -> Result<TokenUpdate> {
         if self.finished.is_some() {
             return Ok(TokenUpdate::default());
         }
@@ -138,6 +153,9 @@ impl OutputState {
                     finished = Some(FinishReason::StopString(stop));
                 }
             }
+        }
+        if finished.is_none() && constraint_complete {
+            finished = Some(FinishReason::ConstraintComplete);
         }
         if finished.is_none()
             && (p.max_tokens.is_some_and(|m| self.generated >= m)

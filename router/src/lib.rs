@@ -19,6 +19,7 @@ pub mod openai;
 pub mod replicas;
 pub mod serve_metrics;
 pub mod state;
+pub mod tool_calls;
 pub mod wire;
 
 pub use app::router;

@@ -434,6 +434,13 @@ impl Deployment {
             .unwrap_or(DEFAULT_MAX_NUM_SEQS)
     }
 
+    /// The tool-call format the model's template asks for, once a replica
+    /// has reported it (`None`: its template renders no tools).
+    pub fn tool_call_format(&self) -> Option<crate::tool_calls::Format> {
+        self.info()
+            .and_then(|i| crate::tool_calls::Format::from_name(&i.tool_call_parser))
+    }
+
     pub fn set_info(&self, info: InfoResponse) {
         *self.info.write().unwrap_or_else(|p| p.into_inner()) = Some(info);
     }

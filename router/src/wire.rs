@@ -174,9 +174,46 @@ pub struct ChatChoice {
 pub struct ChatMessage {
     /// Always `assistant`.
     pub role: &'static str,
-    pub content: String,
-    /// Always an empty list (no tool-call parser).
-    pub tool_calls: [(); 0],
+    /// `null` when the answer is tool calls alone.
+    pub content: Option<String>,
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// A tool call of a whole chat answer.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ToolCall {
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// The arguments as a JSON text.
+    pub arguments: String,
+}
+
+/// A piece of a streamed tool call: the first for a call carries its id,
+/// type and name; the others more of its arguments.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionDelta,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FunctionDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
 }
 
 /// A choice of a chat chunk.
@@ -196,7 +233,11 @@ pub struct ChatDelta {
     /// Only on the first chunk of each choice (`assistant`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
-    pub content: String,
+    /// Absent from chunks that carry only tool calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallDelta>,
 }
 
 /// Chat logprobs: one entry per token.

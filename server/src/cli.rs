@@ -236,6 +236,12 @@ pub struct EngineFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduling_policy: Option<String>,
+    /// The tool-call format `tool_choice: "auto"` parses: hermes,
+    /// llama3_json, mistral or pythonic (default: read off the chat
+    /// template; none when it renders no tools).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_parser: Option<String>,
     /// More engine settings as a JSON object (Ray Serve LLM's
     /// `engine_kwargs`); the flags above override its keys.
     #[arg(long)]

@@ -24,6 +24,9 @@ pub struct EngineConfig {
     pub enable_chunked_prefill: bool,
     pub enable_prefix_caching: bool,
     pub scheduling_policy: SchedulingPolicy,
+    /// The tool-call format `tool_choice: "auto"` parses; `None` reads it
+    /// off the chat template.
+    pub tool_call_parser: Option<crate::ToolCallFormat>,
 }
 
 impl Default for EngineConfig {
@@ -38,6 +41,7 @@ impl Default for EngineConfig {
             enable_chunked_prefill: true,
             enable_prefix_caching: true,
             scheduling_policy: SchedulingPolicy::Fcfs,
+            tool_call_parser: None,
         }
     }
 }

@@ -33,6 +33,7 @@ pub use scheduler::SchedulingPolicy;
 pub use stats::EngineStats;
 
 use crate::error::{invalid, EngineError, Result};
+use crate::structured::Grammars;
 use crate::tokenizer::Tokenizer;
 use llm_serve_models::{KvCache, Model};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,6 +86,8 @@ pub struct Engine {
     next_id: AtomicU64,
     info: EngineInfo,
     tokenizer: Arc<Tokenizer>,
+    /// The grammar compiler, built on the first constrained request.
+    grammars: std::sync::OnceLock<std::result::Result<Arc<Grammars>, String>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -155,8 +158,26 @@ impl Engine {
             next_id: AtomicU64::new(0),
             info,
             tokenizer,
+            grammars: std::sync::OnceLock::new(),
             thread: Some(thread),
         })
+    }
+
+    /// The grammar compiler for this model's vocabulary (its token trie is
+    /// built once, on first use).
+    pub fn grammars(&self) -> Result<Arc<Grammars>> {
+        self.grammars
+            .get_or_init(|| {
+                Grammars::new(
+                    self.tokenizer.clone(),
+                    self.info.vocab_size,
+                    self.tokenizer.eos_token_ids(),
+                )
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(EngineError::Tokenizer)
     }
 
     pub fn info(&self) -> EngineInfo {

@@ -3,6 +3,7 @@
 use crate::error::{EngineError, Result};
 use crate::output::FinishReason;
 use crate::sampling::{Sampled, SamplingParams};
+use crate::structured::Grammar;
 use std::time::{Duration, Instant};
 
 /// A request for the engine: prompt token ids and how to sample.
@@ -14,6 +15,8 @@ pub struct EngineRequest {
     pub priority: i32,
     /// LoRA adapter id; KV blocks are never shared across adapters.
     pub adapter: Option<String>,
+    /// A compiled structured-output constraint every sample follows.
+    pub grammar: Option<Grammar>,
 }
 
 /// Token counts of a finished request.

@@ -8,7 +8,7 @@
 
 use super::scheduler::{Schedule, SeqId, SeqState};
 use crate::error::{EngineError, Result};
-use crate::sampling::{Sampled, SequenceSampler};
+use crate::sampling::{ConstraintStatus, Sampled, SequenceSampler};
 use llm_serve_models::{KvCache, LogitsWanted, Model, SeqInput, StepInputs};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +18,9 @@ use std::sync::Arc;
 #[derive(Debug, Default)]
 pub struct RunnerOutput {
     pub sampled: Vec<(SeqId, Sampled)>,
+    /// Sequences whose constraint (grammar) completed or failed with the
+    /// token they sampled this step.
+    pub constraints: Vec<(SeqId, ConstraintStatus)>,
 }
 
 /// One step's inputs and which sequence each logits row belongs to.
@@ -103,11 +106,38 @@ impl ModelRunner {
 
     /// Runs one step of the plan and samples the sequences it completes.
     pub fn execute(&mut self, step: &PreparedStep) -> Result<RunnerOutput> {
-        let logits = self.model.forward(&step.inputs, &mut self.cache)?;
+        let ModelRunner {
+            model,
+            cache,
+            samplers,
+        } = self;
+        let mut preparing: Vec<&mut SequenceSampler> = samplers
+            .iter_mut()
+            .filter(|(id, s)| s.wants_prepare() && step.row_seqs.contains(id))
+            .map(|(_, s)| s)
+            .collect();
+        // Grammar masks need no logits: they are computed on a second
+        // thread while the forward pass runs.
+        let logits = if preparing.is_empty() {
+            model.forward(&step.inputs, cache)?
+        } else {
+            std::thread::scope(|scope| {
+                let masks = scope.spawn(move || preparing.iter_mut().for_each(|s| s.prepare()));
+                let logits = model.forward(&step.inputs, cache);
+                let joined = masks.join();
+                if joined.is_err() {
+                    return Err(EngineError::Internal(
+                        "computing grammar masks panicked".into(),
+                    ));
+                }
+                Ok(logits?)
+            })?
+        };
         let logits = logits.flatten_all()?.to_vec1::<f32>()?;
         let vocab = self.vocab_size();
         let mut out = RunnerOutput {
             sampled: Vec::with_capacity(step.row_seqs.len()),
+            constraints: Vec::new(),
         };
         for (row, &id) in step.row_seqs.iter().enumerate() {
             let x = logits.get(row * vocab..(row + 1) * vocab).ok_or_else(|| {
@@ -122,6 +152,10 @@ impl ModelRunner {
                 .get_mut(&id)
                 .ok_or_else(|| EngineError::Internal(format!("sequence {id} has no sampler")))?;
             out.sampled.push((id, sampler.sample(x)));
+            match sampler.constraint_status() {
+                ConstraintStatus::Open => {}
+                ended => out.constraints.push((id, ended)),
+            }
         }
         Ok(out)
     }

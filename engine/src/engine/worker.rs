@@ -12,7 +12,8 @@ use super::scheduler::{Scheduler, SchedulerConfig, SeqId, SeqState};
 use super::stats::EngineStats;
 use super::{Command, EngineConfig, EngineInfo, Published, RequestId};
 use crate::output::{FinishReason, OutputState};
-use crate::sampling::{SamplingParams, SequenceSampler};
+use crate::sampling::{ConstraintStatus, SamplingParams, SequenceSampler};
+use crate::structured::GrammarProcessor;
 use crate::tokenizer::Tokenizer;
 use std::collections::HashMap;
 use std::sync::mpsc::{self, TryRecvError};
@@ -153,10 +154,11 @@ impl Worker {
         for index in 0..n {
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.runner.add_sequence(
-                seq,
-                SequenceSampler::new(&r.params, &r.prompt, &self.eos, index),
-            );
+            let mut sampler = SequenceSampler::new(&r.params, &r.prompt, &self.eos, index);
+            if let Some(g) = &r.grammar {
+                sampler.prepend_processor(Box::new(GrammarProcessor::new(g.matcher())));
+            }
+            self.runner.add_sequence(seq, sampler);
             samples.push(Sample {
                 seq,
                 output: OutputState::new(&r.params, &r.prompt, &self.eos, self.info.max_model_len),
@@ -243,6 +245,11 @@ impl Worker {
     fn update_from_output(&mut self, output: RunnerOutput) {
         let now = Instant::now();
         for (seq, picked) in output.sampled {
+            let constraint = output
+                .constraints
+                .iter()
+                .find(|(s, _)| *s == seq)
+                .map(|(_, c)| c);
             let Some(&(rid, index)) = self.owner.get(&seq) else {
                 continue;
             };
@@ -251,14 +258,24 @@ impl Worker {
             };
             let sample = &mut r.samples[index];
             let token = picked.token;
-            let update = match sample.output.push(&self.tokenizer, picked.token) {
-                Ok(u) => u,
-                Err(e) => {
-                    let msg = format!("detokenizing failed: {e}");
-                    self.fail_request(rid, msg);
-                    continue;
-                }
-            };
+            if let Some(ConstraintStatus::Failed(msg)) = constraint {
+                let msg = msg.clone();
+                self.fail_request(rid, msg);
+                continue;
+            }
+            let complete = constraint == Some(&ConstraintStatus::Complete);
+            let update =
+                match sample
+                    .output
+                    .push_constrained(&self.tokenizer, picked.token, complete)
+                {
+                    Ok(u) => u,
+                    Err(e) => {
+                        let msg = format!("detokenizing failed: {e}");
+                        self.fail_request(rid, msg);
+                        continue;
+                    }
+                };
             self.stats.generation_tokens += 1;
             if r.times.first_token.is_none() {
                 r.times.first_token = Some(now);

@@ -4,6 +4,7 @@ use super::defaults::GenerationDefaults;
 use crate::error::EngineError;
 use crate::output::FinishReason;
 use crate::sampling::{Sampled, SamplingParams};
+use crate::structured::{Constraint, ConstraintKind};
 use crate::tokenizer::Tokenizer;
 use llm_serve_proto as pb;
 use tonic::Status;
@@ -44,7 +45,10 @@ pub(crate) fn finish(reason: &FinishReason) -> pb::Finish {
         stop_reason: match reason {
             FinishReason::StopString(s) => Some(StopReason::StopString(s.clone())),
             FinishReason::StopToken(t) => Some(StopReason::StopTokenId(*t)),
-            FinishReason::Eos(_) | FinishReason::Length | FinishReason::Abort => None,
+            FinishReason::Eos(_)
+            | FinishReason::ConstraintComplete
+            | FinishReason::Length
+            | FinishReason::Abort => None,
         },
     }
 }
@@ -76,6 +80,41 @@ pub(crate) fn logprobs(
     )
 }
 
+/// The engine's constraint for the protocol's (schemas arrive as text).
+pub(crate) fn constraint(c: &pb::Constraint) -> Result<Constraint, EngineError> {
+    use pb::constraint::Kind;
+    let param = if c.param.is_empty() {
+        "structured_outputs".to_string()
+    } else {
+        c.param.clone()
+    };
+    let kind = match &c.kind {
+        Some(Kind::JsonSchema(text)) => {
+            ConstraintKind::JsonSchema(serde_json::from_str(text).map_err(|e| {
+                EngineError::InvalidConstraint {
+                    param: param.clone(),
+                    message: format!("`{param}` is not valid JSON: {e}"),
+                }
+            })?)
+        }
+        Some(Kind::JsonObject(_)) => ConstraintKind::JsonObject,
+        Some(Kind::Regex(rx)) => ConstraintKind::Regex(rx.clone()),
+        Some(Kind::Choice(c)) => ConstraintKind::Choice(c.choices.clone()),
+        Some(Kind::Lark(g)) => ConstraintKind::Lark(g.clone()),
+        None => {
+            return Err(EngineError::InvalidConstraint {
+                message: format!("`{param}` names no constraint"),
+                param,
+            })
+        }
+    };
+    Ok(Constraint {
+        kind,
+        param,
+        compact_json: c.compact_json,
+    })
+}
+
 /// The status a caller sees for an engine error: its own mistakes are
 /// INVALID_ARGUMENT naming the parameter; everything else is INTERNAL.
 pub(crate) fn status(e: EngineError) -> Status {
@@ -86,6 +125,7 @@ pub(crate) fn status(e: EngineError) -> Status {
             pb::invalid_argument("prompt", format!("cannot tokenize the prompt: {m}"))
         }
         EngineError::Template(m) => pb::invalid_argument("messages", m),
+        EngineError::InvalidConstraint { param, message } => pb::invalid_argument(&param, message),
         other => Status::internal(other.to_string()),
     }
 }

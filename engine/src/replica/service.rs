@@ -1,7 +1,7 @@
 //! The gRPC service over one engine, and the replica's lifecycle state
 //! (loading, ready, draining, failed).
 
-use super::convert::{finish, logprobs, sampling_params, status};
+use super::convert::{constraint, finish, logprobs, sampling_params, status};
 use super::defaults::GenerationDefaults;
 use super::prompt::{prompt_ids, PromptInput};
 use crate::chat_template::ChatTemplate;
@@ -9,6 +9,7 @@ use crate::engine::{Engine, EngineConfig, EngineEvent, EngineRequest, RequestStr
 use crate::error::{invalid, Result};
 use crate::output::FinishReason;
 use crate::tokenizer::Tokenizer;
+use crate::ToolCallFormat;
 use futures::{Stream, StreamExt};
 use llm_serve_models::{Model, ModelFiles};
 use llm_serve_proto as pb;
@@ -25,6 +26,9 @@ pub struct LoadedModel {
     pub engine: Engine,
     pub template: Option<ChatTemplate>,
     pub defaults: GenerationDefaults,
+    /// The format `tool_choice: "auto"` parses (engine_kwargs, else the
+    /// template's); `None` when the template renders no tools.
+    pub tool_call_parser: Option<ToolCallFormat>,
 }
 
 impl LoadedModel {
@@ -38,11 +42,17 @@ impl LoadedModel {
             Some(p) => GenerationDefaults::from_file(p)?,
             None => GenerationDefaults::default(),
         };
+        let tool_call_parser = cfg.tool_call_parser.or_else(|| {
+            template
+                .as_ref()
+                .and_then(|t| ToolCallFormat::of_template(t.source()))
+        });
         let engine = Engine::start(model, tokenizer, cfg)?;
         Ok(LoadedModel {
             engine,
             template,
             defaults,
+            tool_call_parser,
         })
     }
 }
@@ -286,6 +296,24 @@ impl pb::replica_server::Replica for ReplicaService {
             String::new()
         };
         let prompt_tokens = ids.len() as u32;
+        let grammar = match r
+            .constraint
+            .as_ref()
+            .map(constraint)
+            .transpose()
+            .map_err(status)?
+        {
+            None => None,
+            // Compiled off the async workers (bounded by llguidance's fuel).
+            Some(c) => {
+                let model = loaded.clone();
+                let compiled =
+                    tokio::task::spawn_blocking(move || model.engine.grammars()?.compile(&c))
+                        .await
+                        .map_err(|e| Status::internal(format!("compiling the constraint: {e}")))?;
+                Some(compiled.map_err(status)?)
+            }
+        };
         let events = loaded
             .engine
             .submit(EngineRequest {
@@ -293,6 +321,7 @@ impl pb::replica_server::Replica for ReplicaService {
                 params,
                 priority: r.priority,
                 adapter: (!r.adapter_id.is_empty()).then_some(r.adapter_id),
+                grammar,
             })
             .map_err(status)?;
         tracing::debug!(request_id = %r.request_id, prompt_tokens, "request accepted");
@@ -469,6 +498,10 @@ impl pb::replica_server::Replica for ReplicaService {
             block_size: i.block_size as u32,
             model_source: self.state.model_source.clone(),
             max_num_seqs: i.max_num_seqs as u32,
+            tool_call_parser: loaded
+                .tool_call_parser
+                .map(|f| f.name().to_string())
+                .unwrap_or_default(),
         }))
     }
 }

@@ -6,5 +6,5 @@ mod processors;
 mod sampler;
 
 pub use params::{SamplingParams, MAX_LOGPROBS};
-pub use processors::{builtin as builtin_processors, LogitsProcessor};
+pub use processors::{builtin as builtin_processors, ConstraintStatus, LogitsProcessor};
 pub use sampler::{Sampled, SequenceSampler};

@@ -6,6 +6,17 @@
 use super::params::SamplingParams;
 use std::collections::{HashMap, HashSet};
 
+/// Where a constraining processor (a grammar) stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConstraintStatus {
+    /// More tokens may follow.
+    Open,
+    /// The constraint is complete: the sequence ends here.
+    Complete,
+    /// The constraint cannot go on; the request fails with this message.
+    Failed(String),
+}
+
 /// One adjustment of the logits, with whatever state it keeps per
 /// sequence (it sees every token the sequence samples).
 pub trait LogitsProcessor: Send {
@@ -13,6 +24,16 @@ pub trait LogitsProcessor: Send {
     fn process(&mut self, logits: &mut [f32]);
     /// Called with the token sampled from the processed logits.
     fn accept(&mut self, _token: u32) {}
+    /// Whether `prepare` has work to do for the next position.
+    fn wants_prepare(&self) -> bool {
+        false
+    }
+    /// Work that needs no logits (a grammar's mask), which the runner may
+    /// do while the forward pass runs; `process` does it otherwise.
+    fn prepare(&mut self) {}
+    fn status(&self) -> ConstraintStatus {
+        ConstraintStatus::Open
+    }
 }
 
 /// The built-in processors a request's parameters ask for, in vLLM's
@@ -66,7 +87,15 @@ struct MinTokens {
 
 impl LogitsProcessor for MinTokens {
     fn process(&mut self, logits: &mut [f32]) {
-        if self.remaining > 0 {
+        // A grammar that allows only a stop token wins: banning it would
+        // leave nothing to sample.
+        let other_allowed = || {
+            logits
+                .iter()
+                .enumerate()
+                .any(|(i, v)| v.is_finite() && !self.stop_ids.contains(&(i as u32)))
+        };
+        if self.remaining > 0 && other_allowed() {
             for &id in &self.stop_ids {
                 if let Some(v) = logits.get_mut(id as usize) {
                     *v = f32::NEG_INFINITY;
@@ -168,6 +197,18 @@ mod tests {
         let mut x = vec![1.0; 4];
         procs[0].process(&mut x);
         assert_eq!(x, [1.0; 4]);
+    }
+
+    #[test]
+    fn min_tokens_yields_to_a_mask_that_allows_only_a_stop_token() {
+        let p = SamplingParams {
+            min_tokens: 3,
+            ..params()
+        };
+        let mut procs = builtin(&p, &[], &[0]);
+        let mut x = vec![2.0, f32::NEG_INFINITY, f32::NEG_INFINITY];
+        procs[0].process(&mut x);
+        assert_eq!(x[0], 2.0);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! -> sample.
 
 use super::params::SamplingParams;
-use super::processors::{builtin, LogitsProcessor};
+use super::processors::{builtin, ConstraintStatus, LogitsProcessor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -51,6 +51,28 @@ impl SequenceSampler {
     /// biases and penalties, as vLLM applies its bitmask).
     pub fn prepend_processor(&mut self, p: Box<dyn LogitsProcessor>) {
         self.processors.insert(0, p);
+    }
+
+    /// Whether a processor has work to do before the logits arrive.
+    pub fn wants_prepare(&self) -> bool {
+        self.processors.iter().any(|p| p.wants_prepare())
+    }
+
+    /// Does the processors' logits-free work for the next position (a
+    /// grammar's mask); the runner calls it while the forward pass runs.
+    pub fn prepare(&mut self) {
+        for p in self.processors.iter_mut() {
+            p.prepare();
+        }
+    }
+
+    /// The first constraint that is complete or failed, else `Open`.
+    pub fn constraint_status(&self) -> ConstraintStatus {
+        self.processors
+            .iter()
+            .map(|p| p.status())
+            .find(|s| *s != ConstraintStatus::Open)
+            .unwrap_or(ConstraintStatus::Open)
     }
 
     /// Picks the next token from the model's raw logits for this position.

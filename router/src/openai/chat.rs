@@ -7,13 +7,16 @@ use super::response::{
     StreamUsage,
 };
 use super::sse::{chunks, sse_response, SseEvents};
+use super::structured::StructuredFields;
+use super::tools;
 use crate::error::ApiError;
 use crate::extract::Body;
 use crate::replicas::{Deployment, Models};
 use crate::state::{App, RequestContext};
+use crate::tool_calls::{self, Assembled, CallEvent, CallParser, Reading};
 use crate::wire::{
     ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatDelta, ChatLogprobs,
-    ChatMessage,
+    ChatMessage, FunctionCall, FunctionDelta, ToolCall, ToolCallDelta,
 };
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -22,7 +25,7 @@ use futures::StreamExt;
 use llm_serve_proto as pb;
 use pb::generate_event::Event;
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 pub async fn chat_completions(
@@ -34,6 +37,7 @@ pub async fn chat_completions(
         deployment,
         common,
         request,
+        reading,
     } = prepare(&app.models, &ctx.request_id, &body)?;
     let n = request.sampling.as_ref().map_or(1, |s| s.n.max(1));
     let generation = generation::start(&deployment, request).await?;
@@ -48,10 +52,11 @@ pub async fn chat_completions(
                 completion_tokens: 0,
             },
             finished: BTreeSet::new(),
+            calls: reading.map(ToolStreams::new),
         };
         Ok(sse_response(chunks.stream(n, generation)))
     } else {
-        Ok(Json(complete(meta, generation).await?).into_response())
+        Ok(Json(complete(meta, generation, reading.as_ref()).await?).into_response())
     }
 }
 
@@ -60,6 +65,8 @@ pub(crate) struct Prepared {
     pub deployment: Arc<Deployment>,
     pub common: CommonFields,
     pub request: pb::GenerateRequest,
+    /// How the answer's text is read for tool calls (`None`: content).
+    pub reading: Option<Reading>,
 }
 
 /// Reads and checks a chat body and resolves its model: everything that
@@ -72,14 +79,28 @@ pub(crate) fn prepare(
     require(body, "messages")?;
     let common: CommonFields = fields(body)?;
     let chat: ChatFields = fields(body)?;
+    let structured: StructuredFields = fields(body)?;
     common.check()?;
     chat.check()?;
+    let structured = structured.constraint()?;
     let deployment = models.resolve(common.model.as_deref())?;
     check_fan_out(common.n(), 1, deployment.max_num_seqs())?;
-    let sampling = common.sampling(
+    let plan = tools::plan(
+        chat.tools.as_ref(),
+        chat.tool_choice.as_ref(),
+        chat.parallel_tool_calls,
+        deployment.tool_call_format(),
+        structured.is_some(),
+    )?;
+    let mut sampling = common.sampling(
         chat.max_completion_tokens.or(common.max_tokens),
         chat.logprobs()?,
     )?;
+    if matches!(plan.reading, Some(Reading::Auto(_))) && common.skip_special_tokens.is_none() {
+        // Tool-call markers (`<|python_tag|>`, `[TOOL_CALLS]`) are
+        // special tokens: the parser has to see them.
+        sampling.skip_special_tokens = false;
+    }
     let request = pb::GenerateRequest {
         request_id: request_id.to_string(),
         adapter_id: String::new(),
@@ -87,37 +108,182 @@ pub(crate) fn prepare(
         sampling: Some(sampling),
         priority: common.priority.unwrap_or(0),
         echo_prompt: false,
+        constraint: plan.constraint.or(structured),
     };
     Ok(Prepared {
         deployment,
         common,
         request,
+        reading: plan.reading,
     })
 }
 
-async fn complete(meta: Meta, generation: Generation) -> Result<ChatCompletion, ApiError> {
-    Ok(chat_completion(&meta, &collect(generation.events).await?))
+async fn complete(
+    meta: Meta,
+    generation: Generation,
+    reading: Option<&Reading>,
+) -> Result<ChatCompletion, ApiError> {
+    Ok(chat_completion(
+        &meta,
+        &collect(generation.events).await?,
+        reading,
+    ))
 }
 
 /// The whole chat completion of a request's collected events.
-fn chat_completion(meta: &Meta, collected: &Collected) -> ChatCompletion {
+fn chat_completion(
+    meta: &Meta,
+    collected: &Collected,
+    reading: Option<&Reading>,
+) -> ChatCompletion {
     let choices: Vec<ChatChoice> = collected
         .choices
         .iter()
-        .map(|(&index, c)| ChatChoice {
-            index,
-            message: ChatMessage {
-                role: "assistant",
-                content: c.text.clone(),
-                tool_calls: [],
-            },
-            logprobs: (!c.logprobs.is_empty())
-                .then(|| chat_logprobs(c.logprobs.iter().map(|(lp, top)| (lp, top.as_slice())))),
-            finish_reason: finish_reason(c.finish.as_ref()),
-            stop_reason: stop_reason(c.finish.as_ref()),
+        .map(|(&index, c)| {
+            let (content, tool_calls) = match reading {
+                None => (Some(c.text.clone()), Vec::new()),
+                Some(r) => {
+                    let a = Assembled::of_text(r, &c.text);
+                    let calls: Vec<ToolCall> = a
+                        .calls
+                        .into_iter()
+                        .map(|call| ToolCall {
+                            id: tool_calls::call_id(),
+                            kind: "function",
+                            function: FunctionCall {
+                                name: call.name,
+                                arguments: call.arguments,
+                            },
+                        })
+                        .collect();
+                    let content = (!a.content.is_empty() || calls.is_empty()).then_some(a.content);
+                    (content, calls)
+                }
+            };
+            let finish = finish_reason(c.finish.as_ref());
+            ChatChoice {
+                index,
+                finish_reason: with_calls(finish, reading, !tool_calls.is_empty()),
+                message: ChatMessage {
+                    role: "assistant",
+                    content,
+                    tool_calls,
+                },
+                logprobs: (!c.logprobs.is_empty()).then(|| {
+                    chat_logprobs(c.logprobs.iter().map(|(lp, top)| (lp, top.as_slice())))
+                }),
+                stop_reason: stop_reason(c.finish.as_ref()),
+            }
         })
         .collect();
     meta.completion("chat.completion", choices, usage(&collected.usage))
+}
+
+/// The finish reason of a choice that called tools: `tool_calls` for a
+/// call the model chose (auto) or had to make (required), `stop` for a
+/// named function (as OpenAI); `length` stays `length`.
+fn with_calls(finish: Option<String>, reading: Option<&Reading>, called: bool) -> Option<String> {
+    match (finish.as_deref(), reading) {
+        (Some("stop"), Some(Reading::Auto(_) | Reading::Required)) if called => {
+            Some("tool_calls".to_string())
+        }
+        _ => finish,
+    }
+}
+
+/// Per choice, the parser reading its streamed text for tool calls.
+struct ToolStreams {
+    reading: Reading,
+    parsers: BTreeMap<u32, Box<dyn CallParser>>,
+    /// Choices that started a call.
+    called: BTreeSet<u32>,
+}
+
+impl ToolStreams {
+    fn new(reading: Reading) -> Self {
+        ToolStreams {
+            reading,
+            parsers: BTreeMap::new(),
+            called: BTreeSet::new(),
+        }
+    }
+
+    /// The deltas choice `index`'s next text (and, at its end, whatever
+    /// its parser held back) turns into.
+    fn deltas(&mut self, index: u32, text: &str, end: bool) -> Vec<ChatDelta> {
+        let reading = &self.reading;
+        let parser = self
+            .parsers
+            .entry(index)
+            .or_insert_with(|| tool_calls::parser(reading));
+        let mut events = Vec::new();
+        parser.push(text, &mut events);
+        if end {
+            parser.finish(&mut events);
+        }
+        if events.iter().any(|e| matches!(e, CallEvent::Start { .. })) {
+            self.called.insert(index);
+        }
+        call_deltas(events)
+    }
+}
+
+/// Events as deltas: runs of content, or of one call's arguments, merged.
+fn call_deltas(events: Vec<CallEvent>) -> Vec<ChatDelta> {
+    let mut out: Vec<ChatDelta> = Vec::new();
+    for e in events {
+        match e {
+            CallEvent::Content(t) => match out.last_mut() {
+                Some(ChatDelta {
+                    content: Some(c),
+                    tool_calls,
+                    ..
+                }) if tool_calls.is_empty() => c.push_str(&t),
+                _ => out.push(content(t)),
+            },
+            CallEvent::Start { index, name } => out.push(calls_delta(ToolCallDelta {
+                index: index as u32,
+                id: Some(tool_calls::call_id()),
+                kind: Some("function"),
+                function: FunctionDelta {
+                    name: Some(name),
+                    arguments: Some(String::new()),
+                },
+            })),
+            CallEvent::Arguments { index, fragment } => {
+                let last = out.last_mut().and_then(|d| d.tool_calls.last_mut());
+                match last {
+                    Some(ToolCallDelta {
+                        index: i,
+                        id: None,
+                        function:
+                            FunctionDelta {
+                                arguments: Some(a), ..
+                            },
+                        ..
+                    }) if *i == index as u32 => a.push_str(&fragment),
+                    _ => out.push(calls_delta(ToolCallDelta {
+                        index: index as u32,
+                        id: None,
+                        kind: None,
+                        function: FunctionDelta {
+                            name: None,
+                            arguments: Some(fragment),
+                        },
+                    })),
+                }
+            }
+        }
+    }
+    out
+}
+
+fn calls_delta(call: ToolCallDelta) -> ChatDelta {
+    ChatDelta {
+        role: None,
+        content: None,
+        tool_calls: vec![call],
+    }
 }
 
 const CHUNK: &str = "chat.completion.chunk";
@@ -128,6 +294,8 @@ struct ChatChunks {
     usage: StreamUsage,
     /// Choices whose finish reason has been sent.
     finished: BTreeSet<u32>,
+    /// Set when the answer is read for tool calls.
+    calls: Option<ToolStreams>,
 }
 
 impl ChatChunks {
@@ -148,9 +316,60 @@ impl ChatChunks {
         self.meta.chunk(CHUNK, vec![choice], self.usage.on_chunk())
     }
 
+    /// A tool-reading choice's chunks for `text`, and its last chunk
+    /// (finish reason with `tool_calls` for calls) when `finish` is set.
+    fn tool_chunks(
+        &mut self,
+        index: u32,
+        text: &str,
+        mut logprobs: Option<ChatLogprobs>,
+        finish: Option<&pb::Finish>,
+    ) -> Vec<ChatCompletionChunk> {
+        let Some(calls) = self.calls.as_mut() else {
+            return Vec::new();
+        };
+        let mut deltas = calls.deltas(index, text, finish.is_some());
+        if deltas.is_empty() && logprobs.is_some() {
+            deltas.push(content(String::new()));
+        }
+        let called = calls.called.contains(&index);
+        let reading = calls.reading.clone();
+        let mut out: Vec<ChatCompletionChunk> = deltas
+            .into_iter()
+            .map(|d| self.chunk(index, d, logprobs.take(), None))
+            .collect();
+        if let Some(f) = finish {
+            let choice = ChatChunkChoice {
+                index,
+                delta: content(String::new()),
+                logprobs: None,
+                finish_reason: with_calls(finish_reason(Some(f)), Some(&reading), called),
+                stop_reason: stop_reason(Some(f)),
+            };
+            out.push(self.meta.chunk(CHUNK, vec![choice], self.usage.on_chunk()));
+        }
+        out
+    }
+
     /// The chunks one event turns into (often one, sometimes none).
     fn on_event(&mut self, e: Event) -> Vec<ChatCompletionChunk> {
         match e {
+            Event::Token(t) if self.calls.is_some() => {
+                self.usage.completion_tokens += 1;
+                let logprobs = t.logprob.as_ref().map(|lp| ChatLogprobs {
+                    content: vec![chat_logprob(lp, &t.top_logprobs)],
+                });
+                if t.finish.is_some() {
+                    self.finished.insert(t.index);
+                }
+                self.tool_chunks(t.index, &t.text, logprobs, t.finish.as_ref())
+            }
+            Event::SampleFinished(s) if self.calls.is_some() => {
+                if !self.finished.insert(s.index) {
+                    return Vec::new();
+                }
+                self.tool_chunks(s.index, "", None, s.finish.as_ref())
+            }
             Event::Token(t) => {
                 self.usage.completion_tokens += 1;
                 let logprobs = t.logprob.as_ref().map(|lp| ChatLogprobs {
@@ -186,7 +405,8 @@ impl ChatChunks {
             .map(|i| {
                 let delta = ChatDelta {
                     role: Some("assistant"),
-                    content: String::new(),
+                    content: Some(String::new()),
+                    tool_calls: Vec::new(),
                 };
                 Ok(self.chunk(i, delta, None, None))
             })
@@ -200,7 +420,8 @@ impl ChatChunks {
 fn content(text: String) -> ChatDelta {
     ChatDelta {
         role: None,
-        content: text,
+        content: Some(text),
+        tool_calls: Vec::new(),
     }
 }
 
@@ -233,6 +454,7 @@ mod tests {
                 meta,
                 usage: usage(11),
                 finished: BTreeSet::new(),
+                calls: None,
             };
             let mut old = golden::ChatChunks {
                 meta: old_meta,
@@ -248,7 +470,8 @@ mod tests {
                 .map(|i| {
                     let delta = ChatDelta {
                         role: Some("assistant"),
-                        content: String::new(),
+                        content: Some(String::new()),
+                        tool_calls: Vec::new(),
                     };
                     to_text(&new.chunk(i, delta, None, None))
                 })
@@ -271,7 +494,7 @@ mod tests {
         let events = futures::stream::iter(golden::events().into_iter().map(Ok)).boxed();
         let collected = collect(events).await.unwrap();
         let meta = meta();
-        let new = to_text(&chat_completion(&meta, &collected));
+        let new = to_text(&chat_completion(&meta, &collected, None));
         let old = golden::chat_completion(&meta.old(), &collected).to_string();
         assert_eq!(new, old);
         assert!(new.contains(r#""logprob":-0.10000000149011612"#), "{new}");

@@ -7,6 +7,7 @@ use super::response::{
     StreamUsage,
 };
 use super::sse::{chunks, sse_response, SseEvents};
+use super::structured::StructuredFields;
 use crate::error::ApiError;
 use crate::extract::Body;
 use crate::replicas::{Deployment, Models};
@@ -146,9 +147,11 @@ pub(crate) fn prepare(
     require(body, "prompt")?;
     let common: CommonFields = fields(body)?;
     let comp: CompletionFields = fields(body)?;
+    let structured: StructuredFields = fields(body)?;
     common.check()?;
     comp.check()?;
     let prompts = comp.prompts()?;
+    let constraint = structured.constraint()?;
     let deployment = models.resolve(common.model.as_deref())?;
     check_fan_out(common.n(), prompts.len(), deployment.max_num_seqs())?;
     let sampling = common.sampling(
@@ -182,6 +185,7 @@ pub(crate) fn prepare(
                 sampling: Some(sampling.clone()),
                 priority: common.priority.unwrap_or(0),
                 echo_prompt: echo && matches!(p, Prompt::Tokens(_)),
+                constraint: constraint.clone(),
             }
         })
         .collect();

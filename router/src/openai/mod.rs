@@ -15,4 +15,6 @@ pub mod models;
 mod request;
 mod response;
 mod sse;
+mod structured;
 pub mod tokenize;
+mod tools;

@@ -247,7 +247,7 @@ pub struct ChatFields {
     pub documents: Option<Value>,
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
-    pub response_format: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
     pub chat_template: Option<String>,
 }
 
@@ -270,7 +270,8 @@ impl ChatFields {
         }
     }
 
-    /// Checks the messages and the features this server does not have.
+    /// Checks the messages and the template options (tools are planned
+    /// in `tools`, constraints in `structured`).
     pub fn check(&self) -> Result<(), ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::bad_request(
@@ -293,48 +294,6 @@ impl ChatFields {
                 Some("continue_final_message"),
             ));
         }
-        check_tools(self.tools.as_ref())?;
-        let tool_choice = self.tool_choice.as_ref().filter(|v| !v.is_null());
-        if let Some(c) = tool_choice {
-            check_tool_choice(c)?;
-        }
-        let has_tools = self
-            .tools
-            .as_ref()
-            .is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()));
-        match (has_tools, tool_choice) {
-            (_, Some(Value::String(s))) if s == "none" => {}
-            (false, None) => {}
-            (false, Some(_)) => {
-                return Err(ApiError::bad_request(
-                    "When using `tool_choice`, `tools` must be set.",
-                    Some("tool_choice"),
-                ))
-            }
-            (true, _) => {
-                return Err(ApiError::bad_request(
-                    "Tool calling is not supported by this server (no tool-call parser): set `tool_choice` to \"none\" to render the tools into the prompt without parsing calls.",
-                    Some("tool_choice"),
-                ))
-            }
-        }
-        if let Some(f) = self.response_format.as_ref().filter(|v| !v.is_null()) {
-            match f.get("type").and_then(Value::as_str) {
-                Some("text") => {}
-                Some(t) => {
-                    return Err(ApiError::bad_request(
-                        format!("response_format `{t}` is not supported: this server has no structured output (guided decoding)."),
-                        Some("response_format"),
-                    ))
-                }
-                None => {
-                    return Err(ApiError::bad_request(
-                        "response_format must be an object with a `type`.",
-                        Some("response_format"),
-                    ))
-                }
-            }
-        }
         Ok(())
     }
 
@@ -348,8 +307,10 @@ impl ChatFields {
         let add_generation_prompt = self.add_generation_prompt.unwrap_or(true);
         pb::ChatInput {
             // Serializing JSON values cannot fail.
-            messages_json: serde_json::to_string(&without_null_content(&self.messages))
-                .unwrap_or_default(),
+            messages_json: serde_json::to_string(&without_null_content(
+                &super::tools::arguments_as_objects(&self.messages),
+            ))
+            .unwrap_or_default(),
             add_generation_prompt: add_generation_prompt
                 && !self.continue_final_message.unwrap_or(false),
             continue_final_message: self.continue_final_message.unwrap_or(false),
@@ -382,58 +343,6 @@ fn without_null_content(messages: &[Value]) -> std::borrow::Cow<'_, [Value]> {
         }
     }
     std::borrow::Cow::Owned(owned)
-}
-
-/// `tools`: a list of `{"type": "function", "function": {"name": ...}}`.
-fn check_tools(tools: Option<&Value>) -> Result<(), ApiError> {
-    let items = match tools {
-        None | Some(Value::Null) => return Ok(()),
-        Some(Value::Array(items)) => items,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "`tools` must be a list of tool objects.",
-                Some("tools"),
-            ))
-        }
-    };
-    for (i, t) in items.iter().enumerate() {
-        let param = format!("tools[{i}]");
-        let bad = |m: String| Err(ApiError::bad_request(m, Some(&param)));
-        if t.get("type").and_then(Value::as_str) != Some("function") {
-            return bad(format!("{param}.type must be \"function\"."));
-        }
-        let Some(f) = t.get("function").and_then(Value::as_object) else {
-            return bad(format!("{param}.function must be an object."));
-        };
-        if !f.get("name").is_some_and(Value::is_string) {
-            return bad(format!("{param}.function.name must be a string."));
-        }
-        if f.get("parameters")
-            .is_some_and(|p| !p.is_object() && !p.is_null())
-        {
-            return bad(format!(
-                "{param}.function.parameters must be a JSON Schema object."
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// `tool_choice`: `none`, `auto`, `required`, or a named function.
-fn check_tool_choice(choice: &Value) -> Result<(), ApiError> {
-    let named = choice.get("type").and_then(Value::as_str) == Some("function")
-        && choice
-            .get("function")
-            .and_then(|f| f.get("name"))
-            .is_some_and(Value::is_string);
-    match choice {
-        Value::String(s) if matches!(s.as_str(), "none" | "auto" | "required") => Ok(()),
-        Value::Object(_) if named => Ok(()),
-        _ => Err(ApiError::bad_request(
-            "`tool_choice` must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}.",
-            Some("tool_choice"),
-        )),
-    }
 }
 
 fn check_message(i: usize, m: &Value) -> Result<(), ApiError> {
