@@ -7,7 +7,7 @@
 
 mod common;
 use llm_serve_engine::structured::{
-    Constraint, ConstraintKind, Grammar, GrammarProcessor, Grammars,
+    token_words, Constraint, ConstraintKind, Grammar, GrammarProcessor, Grammars,
 };
 use llm_serve_engine::{
     ConstraintStatus, EngineError, EngineEvent, EngineRequest, SamplingParams, SequenceSampler,
@@ -291,4 +291,45 @@ fn the_engine_ends_a_constrained_sequence_with_valid_json() {
             validates(&schema, &t).unwrap();
         }
     }
+}
+
+#[test]
+fn tokenizer_json_and_gguf_vocabularies_give_the_same_token_bytes() {
+    // The default model's tokenizer.json (transformers') beside the tiny
+    // llama's weights: a model directory whose tokenizer is not GGUF-built.
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = common::fixtures().join("tiny-models/tiny-llama");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(tiny.join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::copy(
+        common::fixtures().join("llamacpp/smollm2-tokenizer/tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let files = llm_serve_models::ModelFiles::resolve(dir.path().to_str().unwrap()).unwrap();
+    let from_json = Arc::new(Tokenizer::load(&files, None).unwrap());
+    let v = vocab();
+    let width = from_json.vocab_size();
+    assert_eq!(width, v.tokenizer.vocab_size());
+    assert_eq!(
+        token_words(&from_json, width),
+        token_words(&v.tokenizer, width)
+    );
+    // And a grammar compiled against it ends on <|im_end|> (id 2).
+    let grammars = Grammars::new(from_json.clone(), width, &[2]).unwrap();
+    let g = grammars
+        .compile(&Constraint {
+            kind: ConstraintKind::Choice(vec!["yes".into(), "no".into()]),
+            param: "guided_choice".into(),
+            compact_json: false,
+        })
+        .unwrap();
+    let mut m = g.matcher();
+    for t in from_json.encode_plain("yes", false).unwrap() {
+        m.consume_token(t).unwrap();
+    }
+    let mask = m.compute_mask_or_eos().unwrap();
+    assert!(mask.is_allowed(2));
+    assert_eq!(mask.num_set(), 1);
 }

@@ -10,3 +10,4 @@ mod vocab;
 
 pub use constraint::{Constraint, ConstraintKind, Grammar, Grammars, JSON_WHITESPACE};
 pub use processor::GrammarProcessor;
+pub use vocab::token_words;

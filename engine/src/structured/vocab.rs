@@ -29,7 +29,7 @@ impl TokenizerEnv for Vocabulary {
 /// The byte string llguidance sees for each of `width` token ids (the
 /// model's logits width, which may exceed the tokenizer's vocabulary:
 /// those ids become specials no grammar can produce).
-pub(crate) fn token_words(tokenizer: &Tokenizer, width: usize) -> Vec<Vec<u8>> {
+pub fn token_words(tokenizer: &Tokenizer, width: usize) -> Vec<Vec<u8>> {
     let known = tokenizer.vocab_size();
     (0..width)
         .map(|id| {

@@ -73,10 +73,23 @@ impl StructuredFields {
     }
 }
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Options {
     compact: bool,
+    /// Objects that leave `additionalProperties` out get `false`: what
+    /// vLLM's default backend (xgrammar) and OpenAI's strict mode do, so
+    /// a model cannot pad an answer with keys nobody asked for. The
+    /// answer still validates against the schema as given.
     close_objects: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            compact: false,
+            close_objects: true,
+        }
+    }
 }
 
 /// `response_format`: `text` (no constraint), `json_object`, or
@@ -108,15 +121,11 @@ fn response_format(f: &Value) -> Result<Option<pb::Constraint>, ApiError> {
             if spec.get("name").is_some_and(|n| !n.is_string() && !n.is_null()) {
                 return Err(bad(P, "response_format.json_schema.name must be a string."));
             }
-            let strict = match spec.get("strict") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => *b,
-                Some(_) => return Err(bad(P, "response_format.json_schema.strict must be a boolean.")),
-            };
-            let opts = Options {
-                compact: false,
-                close_objects: strict,
-            };
+            // `strict` or not, objects are closed (see `Options`).
+            if spec.get("strict").is_some_and(|s| !s.is_boolean() && !s.is_null()) {
+                return Err(bad(P, "response_format.json_schema.strict must be a boolean."));
+            }
+            let opts = Options::default();
             match spec.get("schema").filter(|s| !s.is_null()) {
                 Some(schema) => Ok(Some(schema_constraint(P, schema, opts)?)),
                 None => Ok(Some(constraint(P, Kind::JsonObject(true), false))),
@@ -253,8 +262,7 @@ fn one_kind(param: &str, key: &str, v: &Value, opts: Options) -> Result<pb::Cons
 }
 
 /// A JSON Schema constraint; `close_objects` sets `additionalProperties:
-/// false` wherever a schema leaves it out (OpenAI's strict mode, vLLM's
-/// `disable_additional_properties`).
+/// false` wherever a schema leaves it out.
 fn schema_constraint(
     param: &str,
     schema: &Value,
