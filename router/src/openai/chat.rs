@@ -333,7 +333,8 @@ impl ChatChunks {
             deltas.push(content(String::new()));
         }
         let called = calls.called.contains(&index);
-        let reading = calls.reading.clone();
+        let finish_reason =
+            finish.map(|f| with_calls(finish_reason(Some(f)), Some(&calls.reading), called));
         let mut out: Vec<ChatCompletionChunk> = deltas
             .into_iter()
             .map(|d| self.chunk(index, d, logprobs.take(), None))
@@ -343,7 +344,7 @@ impl ChatChunks {
                 index,
                 delta: content(String::new()),
                 logprobs: None,
-                finish_reason: with_calls(finish_reason(Some(f)), Some(&reading), called),
+                finish_reason: finish_reason.flatten(),
                 stop_reason: stop_reason(Some(f)),
             };
             out.push(self.meta.chunk(CHUNK, vec![choice], self.usage.on_chunk()));

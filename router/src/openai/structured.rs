@@ -19,10 +19,8 @@ pub struct StructuredFields {
     pub guided_choice: Option<Value>,
     pub guided_grammar: Option<Value>,
     pub guided_whitespace_pattern: Option<Value>,
-    /// Accepted whatever it names: this server has one backend
-    /// (llguidance), and every constraint goes to it.
-    #[allow(dead_code)]
-    pub guided_decoding_backend: Option<Value>,
+    // `guided_decoding_backend` is taken whatever it names (ignored like
+    // any unknown field): there is one backend, llguidance.
 }
 
 fn bad(param: &str, message: impl Into<String>) -> ApiError {

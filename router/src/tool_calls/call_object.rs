@@ -205,10 +205,10 @@ impl CallObject {
         if self.value_key_is_arguments() && !self.arguments_quoted {
             self.arguments.push(c);
         }
-        let complete = !self.in_string
-            && self.depth == 0
-            && (self.value.starts_with(['{', '[']) || self.value.len() > 1)
-            && self.value.starts_with(['{', '[', '"']);
+        // A string, object or array is complete when its closing quote or
+        // bracket brings the scan back to the top.
+        let complete =
+            !self.in_string && self.depth == 0 && self.value.starts_with(['{', '[', '"']);
         if complete {
             self.end_value();
         }

@@ -90,6 +90,17 @@ impl Open {
         }
     }
 
+    /// The text ended inside the object: a started call is closed with
+    /// what arrived; one that never got its name gives back its raw text.
+    fn end(mut self, index: usize, out: &mut Vec<CallEvent>) -> Option<String> {
+        if self.started {
+            self.close(index, out);
+            None
+        } else {
+            Some(self.object.raw().to_string())
+        }
+    }
+
     /// The object closed: the rest of the arguments (`{}` when absent).
     fn close(&mut self, index: usize, out: &mut Vec<CallEvent>) {
         self.flush(index, out);
@@ -292,13 +303,9 @@ impl CallParser for Tagged {
     }
 
     fn finish(&mut self, out: &mut Vec<CallEvent>) {
-        if let Some(mut open) = self.open.take() {
-            if open.started {
-                open.close(self.calls, out);
-            } else if !self.tag.is_empty() {
-                let raw = format!("{}{}", self.tag, open.object.raw());
-                self.content(raw, out);
-            }
+        let unnamed = self.open.take().and_then(|o| o.end(self.calls, out));
+        if let Some(raw) = unnamed.filter(|_| !self.tag.is_empty()) {
+            self.content(format!("{}{raw}", self.tag), out);
         }
         if self.phase == Phase::Text && !(self.calls > 0 && self.held.trim().is_empty()) {
             let held = std::mem::take(&mut self.held);
@@ -423,12 +430,9 @@ impl CallParser for Llama3 {
     }
 
     fn finish(&mut self, out: &mut Vec<CallEvent>) {
-        if let Some(mut open) = self.open.take() {
-            if open.started {
-                open.close(self.calls, out);
-            } else if self.calls == 0 {
-                out.push(CallEvent::Content(open.object.raw().to_string()));
-            }
+        let unnamed = self.open.take().and_then(|o| o.end(self.calls, out));
+        if let Some(raw) = unnamed.filter(|_| self.calls == 0) {
+            out.push(CallEvent::Content(raw));
         }
         if self.calls_mode.is_none() && !self.held.is_empty() {
             out.push(CallEvent::Content(std::mem::take(&mut self.held)));
