@@ -20,6 +20,13 @@ pub enum EngineError {
     /// the request field it came from (`response_format`, `tools[0]`, ...).
     #[error("{message}")]
     InvalidConstraint { param: String, message: String },
+    /// A LoRA adapter that does not exist where it was looked for.
+    #[error("{message}")]
+    AdapterNotFound { name: String, message: String },
+    /// A LoRA adapter that exists but cannot be served (bad files, wrong
+    /// shapes, a rank above max_lora_rank, a failed download, ...).
+    #[error("{message}")]
+    AdapterLoad { name: String, message: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]

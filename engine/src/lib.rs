@@ -2,6 +2,7 @@
 //! processing (incremental text, stop conditions), and the serving engine
 //! (scheduler, model runner) that every driver of the model goes through.
 
+pub mod adapters;
 pub mod chat_template;
 pub mod engine;
 mod error;
@@ -14,9 +15,9 @@ mod tool_format;
 
 pub use chat_template::{ChatTemplate, TemplateArgs};
 pub use engine::{
-    available_memory_bytes, check_prompt_length, os_available_memory_bytes, Engine, EngineConfig,
-    EngineEvent, EngineInfo, EngineRequest, EngineStats, Generation, RequestStream,
-    SchedulingPolicy, TokenDelta, Usage, MEMORY_LIMIT_ENV,
+    available_memory_bytes, check_prompt_length, os_available_memory_bytes, AdapterActivity,
+    AdapterRef, Engine, EngineConfig, EngineEvent, EngineInfo, EngineRequest, EngineStats,
+    Generation, RequestStream, SchedulingPolicy, TokenDelta, Usage, MEMORY_LIMIT_ENV,
 };
 pub use error::{EngineError, Result};
 pub use output::{FinishReason, OutputState, TokenUpdate};

@@ -4,9 +4,10 @@
 //! lives here: quantized matrix products (SIMD dot products over GGML blocks,
 //! chosen at run time from the CPU's features), paged attention that reads
 //! K/V through block tables, rotary embeddings with per-token positions,
-//! RMSNorm and the fused SwiGLU activation. Kernels are plain functions over
-//! slices so they can be tested against naive references; `ops` wraps them as
-//! candle custom ops for the model code.
+//! RMSNorm, the fused SwiGLU activation and LoRA's shrink/expand update.
+//! Kernels are plain functions over slices so they can be tested against
+//! naive references; `ops` wraps them as candle custom ops for the model
+//! code.
 
 pub mod activation;
 pub mod attention;
@@ -16,6 +17,7 @@ pub mod cpu;
 pub mod cuda;
 mod error;
 mod exp;
+pub mod lora;
 pub mod matmul;
 pub mod norm;
 pub mod ops;

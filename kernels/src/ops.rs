@@ -7,6 +7,7 @@
 use crate::attention::{
     paged_attention, write_cache, KvGeometry, KvRole, KvSlice, KvSliceMut, SeqSpan,
 };
+use crate::lora::{lora_apply, LoraSegment};
 use crate::matmul::QMatrix;
 use crate::rope::RopeTable;
 use candle_core::{
@@ -302,6 +303,38 @@ impl CustomOp3 for PagedAttention<'_> {
         )
         .map_err(kernel_err)?;
         Ok((CpuStorage::F32(out), ql.shape().clone()))
+    }
+}
+
+/// The LoRA update of a projection's output `y` (in place) from its input
+/// `x`: `y[rows] += (x[rows] A^T) Bt` for every segment.
+pub struct LoraUpdate<'a> {
+    pub segments: &'a [LoraSegment<'a>],
+}
+
+impl InplaceOp2 for LoraUpdate<'_> {
+    fn name(&self) -> &'static str {
+        "lora_update"
+    }
+
+    fn cpu_fwd(&self, y: &mut CpuStorage, yl: &Layout, x: &CpuStorage, xl: &Layout) -> Result<()> {
+        let (_, in_features) = as_matrix("lora_update", xl)?;
+        let (_, out_features) = as_matrix("lora_update", yl)?;
+        let x = f32s("lora_update", x, xl)?;
+        let Some((start, end)) = yl.contiguous_offsets() else {
+            bail!("lora_update: output must be contiguous")
+        };
+        let CpuStorage::F32(y) = y else {
+            bail!("lora_update: expected an f32 output")
+        };
+        lora_apply(
+            x,
+            in_features,
+            &mut y[start..end],
+            out_features,
+            self.segments,
+        )
+        .map_err(kernel_err)
     }
 }
 

@@ -28,6 +28,8 @@ pub struct SeqInput<'a> {
     /// KV cache blocks of this sequence, covering `start_pos + tokens.len()`.
     pub block_table: &'a [u32],
     pub logits: LogitsWanted,
+    /// LoRA adapter slot of its rows (`None`: the base model).
+    pub adapter: Option<u16>,
 }
 
 /// Where one sequence's rows and blocks sit in the flattened step.
@@ -112,7 +114,7 @@ impl StepInputs {
             context_len: end,
             table_start: self.block_tables.len(),
             table_len: s.block_table.len(),
-            adapter_slot: None,
+            adapter_slot: s.adapter,
         });
         self.block_tables.extend_from_slice(s.block_table);
         match s.logits {

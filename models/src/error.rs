@@ -40,6 +40,10 @@ pub enum ModelError {
     },
     #[error("{0}")]
     Unsupported(String),
+    #[error("Unable to find LoRA adapter config file \"adapter_config.json\" in folder {0}. Check that the file exists and that you have read permissions.")]
+    AdapterNotFound(PathBuf),
+    #[error("LoRA adapter at {path}: {detail}")]
+    Adapter { path: PathBuf, detail: String },
     #[error("invalid batch: {0}")]
     Batch(String),
     #[error(transparent)]

@@ -16,6 +16,7 @@ mod gguf;
 mod kv_cache;
 mod linear;
 mod llama;
+mod lora;
 mod rope_scaling;
 mod safetensors_store;
 mod source;
@@ -27,6 +28,7 @@ pub use device::Device;
 pub use error::{ModelError, Result};
 pub use kv_cache::{CacheDtype, KvCache};
 pub use llama::Model;
+pub use lora::{LoraAdapter, LoraDtype, LoraOptions, Projection, StepLora};
 pub use source::{
     default_model_path, local_weights_bytes, models_dir, ModelFiles, ModelSource, WeightsFormat,
     DEFAULT_MODEL_FILE,

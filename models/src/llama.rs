@@ -9,12 +9,13 @@ use crate::device::Device;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::kv_cache::{CacheDtype, KvCache, Layers};
+use crate::lora::{Fused, LoraAdapter, LoraOptions, StepLora};
 use crate::rope_scaling::inv_freq;
 use crate::safetensors_store::SafetensorsStore;
 use crate::source::{ModelFiles, WeightsFormat};
 use candle_core::Tensor;
 use llm_serve_kernels::attention::{KvGeometry, KvRole};
-use llm_serve_kernels::rope::RopeTable;
+use llm_serve_kernels::rope::{RopeStyle, RopeTable};
 use llm_serve_kernels::QMatrix;
 use std::sync::Arc;
 
@@ -242,10 +243,22 @@ impl Model {
         self.gguf.as_ref()
     }
 
+    /// Loads the LoRA adapter in `dir` for this model.
+    pub fn load_adapter(&self, dir: &std::path::Path, opts: LoraOptions) -> Result<LoraAdapter> {
+        let permute_qk = self.gguf.is_some() && self.cfg.rope_style == RopeStyle::Interleaved;
+        LoraAdapter::load(dir, &self.cfg, permute_qk, opts)
+    }
+
     /// Runs one step: writes every new token's K/V into its sequence's
     /// cache blocks and returns logits `[rows, vocab]` for
-    /// `inputs.logits_rows`, in that order.
-    pub fn forward(&self, inputs: &StepInputs, cache: &mut KvCache) -> Result<Tensor> {
+    /// `inputs.logits_rows`, in that order. A sequence's `adapter_slot`
+    /// indexes `adapters`.
+    pub fn forward(
+        &self,
+        inputs: &StepInputs,
+        cache: &mut KvCache,
+        adapters: &[Arc<LoraAdapter>],
+    ) -> Result<Tensor> {
         let cfg = &self.cfg;
         if cache.num_layers() != cfg.num_layers
             || cache.geometry().num_kv_heads != cfg.num_kv_heads
@@ -283,9 +296,11 @@ impl Model {
                 "logits row {r} is outside the step's {n_tokens} tokens"
             )));
         }
+        let lora = StepLora::new(inputs, adapters)?;
+        lora.check(cfg)?;
         let geom = cache.geometry();
         match (&self.net, &mut cache.layers) {
-            (Net::Cpu(net), Layers::Cpu(layers)) => net.forward(cfg, inputs, geom, layers),
+            (Net::Cpu(net), Layers::Cpu(layers)) => net.forward(cfg, inputs, &lora, geom, layers),
         }
     }
 }
@@ -295,12 +310,13 @@ impl<B: Backend> Llama<B> {
         &self,
         cfg: &ModelConfig,
         inputs: &StepInputs,
+        lora: &StepLora,
         geom: KvGeometry,
         cache: &mut [(B::Cache, B::Cache)],
     ) -> Result<Tensor> {
         let b = &self.backend;
         let step = b.prepare(inputs)?;
-        let x = self.layers_forward(cfg, &step, geom, cache)?;
+        let x = self.layers_forward(cfg, &step, lora, geom, cache)?;
         if inputs.logits_rows.is_empty() {
             // Nothing to sample: the K/V writes are the step's only output.
             return Ok(Tensor::zeros(
@@ -319,6 +335,7 @@ impl<B: Backend> Llama<B> {
         &self,
         cfg: &ModelConfig,
         step: &B::Step<'_>,
+        lora: &StepLora,
         geom: KvGeometry,
         cache: &mut [(B::Cache, B::Cache)],
     ) -> Result<B::Act> {
@@ -327,19 +344,31 @@ impl<B: Backend> Llama<B> {
         let scale = 1.0 / (d as f32).sqrt();
         let eps = cfg.rms_norm_eps;
         let mut x = b.embed(&self.embed, step)?;
-        for (layer, (k_cache, v_cache)) in self.layers.iter().zip(cache.iter_mut()) {
+        for (i, (layer, (k_cache, v_cache))) in self.layers.iter().zip(cache.iter_mut()).enumerate()
+        {
+            let project = |x: &B::Act, w: &B::Linear, fused: Fused| -> Result<B::Act> {
+                let y = b.matmul(x, w)?;
+                if lora.is_empty() {
+                    return Ok(y);
+                }
+                let segments = lora.segments(i, fused);
+                if segments.is_empty() {
+                    return Ok(y);
+                }
+                b.lora(y, x, &segments)
+            };
             let h = b.rms_norm(&x, &layer.attn_norm, eps)?;
-            let qkv = b.matmul(&h, &layer.qkv)?;
+            let qkv = project(&h, &layer.qkv, Fused::Qkv)?;
             let q = b.rope(&qkv, &self.rope, step, 0, nh, d)?;
             let k = b.rope(&qkv, &self.rope, step, nh * d, nkv, d)?;
             let v = b.columns(&qkv, (nh + nkv) * d, nkv * d)?;
             b.write_cache(k_cache, &k, step, geom, KvRole::Key)?;
             b.write_cache(v_cache, &v, step, geom, KvRole::Value)?;
             let attn = b.attention(&q, k_cache, v_cache, step, geom, nh, scale)?;
-            x = b.add(&x, &b.matmul(&attn, &layer.o)?)?;
+            x = b.add(&x, &project(&attn, &layer.o, Fused::O)?)?;
             let h = b.rms_norm(&x, &layer.mlp_norm, eps)?;
-            let act = b.silu_mul(&b.matmul(&h, &layer.gate_up)?)?;
-            x = b.add(&x, &b.matmul(&act, &layer.down)?)?;
+            let act = b.silu_mul(&project(&h, &layer.gate_up, Fused::GateUp)?)?;
+            x = b.add(&x, &project(&act, &layer.down, Fused::Down)?)?;
         }
         Ok(x)
     }

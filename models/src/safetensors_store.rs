@@ -34,6 +34,11 @@ impl SafetensorsStore {
         Ok(SafetensorsStore { shards, index })
     }
 
+    /// Every tensor name, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
     pub fn has(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }

@@ -29,7 +29,7 @@ impl ForwardSeqs for Model {
         seqs: &[SeqInput],
         cache: &mut KvCache,
     ) -> llm_serve_models::Result<Tensor> {
-        self.forward(&StepInputs::new(cache.block_size(), seqs)?, cache)
+        self.forward(&StepInputs::new(cache.block_size(), seqs)?, cache, &[])
     }
 }
 
@@ -111,6 +111,7 @@ fn check_alone(name: &str, block_size: usize) {
                     start_pos: 0,
                     block_table: &table,
                     logits: LogitsWanted::All,
+                    adapter: None,
                 }],
                 &mut cache,
             )
@@ -205,6 +206,7 @@ fn chunked_ragged_batches_equal_each_sequence_alone() {
                     start_pos: done[i],
                     block_table: &tables[i],
                     logits: LogitsWanted::All,
+                    adapter: None,
                 });
                 spans.push((i, done[i], n));
             }
@@ -243,6 +245,7 @@ fn last_and_no_logits_select_rows() {
                 start_pos: 0,
                 block_table: &table,
                 logits: LogitsWanted::None,
+                adapter: None,
             }],
             &mut cache,
         )
@@ -255,6 +258,7 @@ fn last_and_no_logits_select_rows() {
                 start_pos: n - 1,
                 block_table: &table,
                 logits: LogitsWanted::Last,
+                adapter: None,
             }],
             &mut cache,
         )
@@ -275,6 +279,7 @@ fn invalid_batches_are_errors() {
                 start_pos: start,
                 block_table: table,
                 logits: LogitsWanted::Last,
+                adapter: None,
             }],
             cache,
         )

@@ -21,7 +21,16 @@ pub fn invalid_argument(param: &str, message: impl Into<String>) -> tonic::Statu
     status
 }
 
-/// The parameter an INVALID_ARGUMENT status names, if any.
+/// A NOT_FOUND status naming `param` (an adapter that does not exist).
+pub fn not_found(param: &str, message: impl Into<String>) -> tonic::Status {
+    let mut status = tonic::Status::not_found(message);
+    if let Ok(v) = param.parse() {
+        status.metadata_mut().insert(PARAM_METADATA, v);
+    }
+    status
+}
+
+/// The parameter an INVALID_ARGUMENT or NOT_FOUND status names, if any.
 pub fn status_param(status: &tonic::Status) -> Option<String> {
     status
         .metadata()

@@ -23,7 +23,16 @@ pub use crate::state::{App, RequestContext, RouterConfig, DEFAULT_BODY_READ_TIME
 
 /// The router's HTTP application over `app`.
 pub fn router(app: Arc<App>) -> axum::Router {
-    axum::Router::new()
+    let mut routes = axum::Router::new();
+    if app.config.allow_runtime_lora_updating {
+        routes = routes
+            .route("/v1/load_lora_adapter", post(openai::lora_adapters::load))
+            .route(
+                "/v1/unload_lora_adapter",
+                post(openai::lora_adapters::unload),
+            );
+    }
+    routes
         .route("/v1/chat/completions", post(openai::chat::chat_completions))
         .route("/v1/completions", post(openai::completions::completions))
         .route("/v1/models", get(openai::models::list))

@@ -127,7 +127,10 @@ impl ApiError {
                 param: status_param(s),
                 ..ApiError::new(StatusCode::BAD_REQUEST, "BadRequestError", s.message())
             },
-            Code::NotFound => ApiError::new(StatusCode::NOT_FOUND, "NotFoundError", s.message()),
+            Code::NotFound => ApiError {
+                param: status_param(s),
+                ..ApiError::new(StatusCode::NOT_FOUND, "NotFoundError", s.message())
+            },
             Code::Unavailable | Code::ResourceExhausted => {
                 ApiError::unavailable(format!("No replica can take the request: {}", s.message()))
             }

@@ -6,15 +6,19 @@
 //! Modules depend on each other one way only, each on some of those after
 //! it: `app` (routes), `openai` (handlers), `extract` (body extractor),
 //! `state` (shared state), `metrics` (the `/metrics` scrape), `replicas`,
-//! `serve_metrics`; and `error` and `wire` (the JSON bodies), which any
-//! of them may use and which use nothing but each other (`error` → `wire`).
+//! `serve_metrics`, `lora` and `multiplex` (adapters and the affinity
+//! rule); and `error` and `wire` (the JSON bodies), which any of them may
+//! use and which use nothing but each other (`error` → `wire`).
 
 pub mod app;
 pub mod error;
 pub mod extract;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod lora;
 pub mod metrics;
+pub mod multiplex;
+mod multiplex_metrics;
 pub mod openai;
 pub mod replicas;
 pub mod serve_metrics;

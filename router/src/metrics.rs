@@ -10,7 +10,7 @@
 //! This module depends on `replicas` (to scrape them), never the other way:
 //! replicas record into `ServeMetrics` alone.
 
-use crate::replicas::{Deployment, ReplicaState};
+use crate::replicas::{Deployment, DeploymentLabels, ReplicaState};
 use crate::serve_metrics::ServeMetrics;
 use llm_serve_proto as pb;
 use prometheus::proto::{
@@ -87,13 +87,19 @@ impl Metrics {
             for r in d.replicas() {
                 if matches!(r.state(), ReplicaState::Ready | ReplicaState::Draining) {
                     let model = d.model_id.clone();
+                    let labels = d.labels().clone();
                     calls.push(async move {
                         let mut client = r.client();
                         let stats =
                             tokio::time::timeout(STATS_TIMEOUT, client.stats(pb::StatsRequest {}))
                                 .await;
                         match stats {
-                            Ok(Ok(s)) => Some((model, r.id.clone(), s.into_inner())),
+                            Ok(Ok(s)) => Some(Snapshot {
+                                model,
+                                replica: r.id.clone(),
+                                labels,
+                                stats: s.into_inner(),
+                            }),
                             Ok(Err(e)) => {
                                 tracing::warn!(replica = %r.id, "stats: {}", e.message());
                                 None
@@ -112,6 +118,7 @@ impl Metrics {
         }
         let mut families = self.registry.gather();
         families.extend(engine_families(&snapshots));
+        families.extend(crate::multiplex_metrics::families(&snapshots));
         let mut out = Vec::new();
         TextEncoder::new().encode(&families, &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
@@ -132,9 +139,14 @@ impl From<&Metrics> for ServeMetrics {
 }
 
 /// One replica's counters, with its model and replica id.
-type Snapshot = (String, String, pb::StatsResponse);
+pub(crate) struct Snapshot {
+    pub model: String,
+    pub replica: String,
+    pub labels: DeploymentLabels,
+    pub stats: pb::StatsResponse,
+}
 
-fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
     pairs
         .iter()
         .map(|(k, v)| {
@@ -164,23 +176,30 @@ fn scalar_family(
 ) -> MetricFamily {
     let metrics = snaps
         .iter()
-        .map(|(model, engine, s)| {
-            let mut m = Metric::default();
-            m.set_label(labels(&[("model_name", model), ("engine", engine)]));
-            match kind {
-                MetricType::COUNTER => {
-                    let mut c = Counter::default();
-                    c.set_value(value(s));
-                    m.set_counter(c);
+        .map(
+            |Snapshot {
+                 model,
+                 replica: engine,
+                 stats: s,
+                 ..
+             }| {
+                let mut m = Metric::default();
+                m.set_label(labels(&[("model_name", model), ("engine", engine)]));
+                match kind {
+                    MetricType::COUNTER => {
+                        let mut c = Counter::default();
+                        c.set_value(value(s));
+                        m.set_counter(c);
+                    }
+                    _ => {
+                        let mut g = Gauge::default();
+                        g.set_value(value(s));
+                        m.set_gauge(g);
+                    }
                 }
-                _ => {
-                    let mut g = Gauge::default();
-                    g.set_value(value(s));
-                    m.set_gauge(g);
-                }
-            }
-            m
-        })
+                m
+            },
+        )
         .collect();
     family(name, help, kind, metrics)
 }
@@ -250,7 +269,13 @@ fn engine_families(snaps: &[Snapshot]) -> Vec<MetricFamily> {
         ),
     ];
     let mut success = Vec::new();
-    for (model, engine, s) in snaps {
+    for Snapshot {
+        model,
+        replica: engine,
+        stats: s,
+        ..
+    } in snaps
+    {
         let mut reasons: Vec<_> = s.request_success.iter().collect();
         reasons.sort();
         for (reason, &count) in reasons {
@@ -273,16 +298,23 @@ fn engine_families(snaps: &[Snapshot]) -> Vec<MetricFamily> {
         success,
     ));
     // Histograms, in the order the first replica lists them.
-    for first in &snaps[0].2.histograms {
+    for first in &snaps[0].stats.histograms {
         let metrics = snaps
             .iter()
-            .filter_map(|(model, engine, s)| {
-                let h = s.histograms.iter().find(|h| h.name == first.name)?;
-                let mut m = Metric::default();
-                m.set_label(labels(&[("model_name", model), ("engine", engine)]));
-                m.set_histogram(histogram(h));
-                Some(m)
-            })
+            .filter_map(
+                |Snapshot {
+                     model,
+                     replica: engine,
+                     stats: s,
+                     ..
+                 }| {
+                    let h = s.histograms.iter().find(|h| h.name == first.name)?;
+                    let mut m = Metric::default();
+                    m.set_label(labels(&[("model_name", model), ("engine", engine)]));
+                    m.set_histogram(histogram(h));
+                    Some(m)
+                },
+            )
             .collect();
         out.push(family(
             &first.name,
@@ -294,7 +326,7 @@ fn engine_families(snaps: &[Snapshot]) -> Vec<MetricFamily> {
     out
 }
 
-fn histogram(h: &pb::Histogram) -> Histogram {
+pub(crate) fn histogram(h: &pb::Histogram) -> Histogram {
     let mut out = Histogram::default();
     let mut cumulative = 0u64;
     let mut buckets = Vec::with_capacity(h.bounds.len());

@@ -6,11 +6,12 @@
 //! on those counters only, not on `metrics` (which reads the replicas).
 
 use crate::error::{ApiError, RouterError};
+use crate::lora::{split_model, Adapters};
+use crate::multiplex::{candidates, matching_window, Candidate};
 use crate::serve_metrics::ServeMetrics;
 use llm_serve_proto::replica_client::ReplicaClient;
 use llm_serve_proto::{InfoResponse, PresentSecret};
-use std::collections::BTreeMap;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -72,6 +73,9 @@ pub struct Replica {
     /// A health check failed since the last one that passed: no new
     /// requests until one passes again.
     suspect: AtomicBool,
+    /// LoRA adapters it holds (loaded or loading), as it last reported
+    /// them, plus those the router sent it since.
+    adapters: RwLock<BTreeSet<String>>,
 }
 
 impl Replica {
@@ -99,7 +103,41 @@ impl Replica {
             state: AtomicU8::new(ReplicaState::Starting as u8),
             ongoing: AtomicU32::new(0),
             suspect: AtomicBool::new(false),
+            adapters: RwLock::new(BTreeSet::new()),
         }))
+    }
+
+    /// The adapters it holds (loaded or loading).
+    pub fn adapters(&self) -> BTreeSet<String> {
+        self.adapters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes the replica's own report of the adapters it holds.
+    pub fn set_adapters(&self, adapters: impl IntoIterator<Item = String>) {
+        *self.adapters.write().unwrap_or_else(|p| p.into_inner()) = adapters.into_iter().collect();
+    }
+
+    /// Records an adapter the router sent it (it loads it now), or one it
+    /// failed to load.
+    pub fn note_adapter(&self, name: &str, holds: bool) {
+        let mut a = self.adapters.write().unwrap_or_else(|p| p.into_inner());
+        if holds {
+            a.insert(name.to_string());
+        } else {
+            a.remove(name);
+        }
+    }
+
+    fn candidate(&self, adapter: &str, has_room: bool) -> Candidate {
+        let a = self.adapters.read().unwrap_or_else(|p| p.into_inner());
+        Candidate {
+            holds: a.contains(adapter),
+            adapters: a.len(),
+            has_room,
+        }
     }
 
     /// A client for one call (clients are cheap clones of the channel).
@@ -345,6 +383,8 @@ pub struct Deployment {
     /// giving up): with none ready, requests wait for them.
     expecting: AtomicBool,
     accounting: Arc<Accounting>,
+    /// The model's LoRA adapters.
+    pub adapters: Adapters,
 }
 
 impl Deployment {
@@ -372,7 +412,13 @@ impl Deployment {
                 next_ticket: AtomicU64::new(0),
                 changed: Notify::new(),
             }),
+            adapters: Adapters::default(),
         })
+    }
+
+    /// Where the deployment sits in Serve's terms.
+    pub fn labels(&self) -> &DeploymentLabels {
+        &self.accounting.labels
     }
 
     pub fn replicas(&self) -> Vec<Arc<Replica>> {
@@ -468,10 +514,17 @@ impl Deployment {
     /// or woken from zero), the request waits here in line, up to
     /// `max_queued_requests` waiting (then a 503, Serve's backpressure)
     /// and `STARTUP_WAIT` for a first replica; with no replica ready or
-    /// coming, a 503 saying why.
-    pub async fn pick(&self, exclude: &[String]) -> Result<InFlight, ApiError> {
+    /// coming, a 503 saying why. A request for a LoRA `adapter` is
+    /// narrowed further by Serve's multiplex rule (`multiplex`): replicas
+    /// that hold it first, for up to its matching window.
+    pub async fn pick(
+        &self,
+        exclude: &[String],
+        adapter: Option<&str>,
+    ) -> Result<InFlight, ApiError> {
         let mut queued: Option<Queued> = None;
         let arrived = Instant::now();
+        let window = matching_window();
         loop {
             let changed = self.accounting.changed.notified();
             let limits = self.limits();
@@ -501,7 +554,28 @@ impl Deployment {
                 .as_ref()
                 .map_or(self.queued() == 0, |q| (q.ahead() as u64) < free);
             if my_turn {
-                if let Some(r) = power_of_two(&room) {
+                let choice = match adapter {
+                    None => power_of_two(&room),
+                    Some(a) => {
+                        let all: Vec<Candidate> = ready
+                            .iter()
+                            .map(|r| {
+                                let has_room = u64::from(r.ongoing()) < limits.max_ongoing_requests;
+                                r.candidate(a, has_room)
+                            })
+                            .collect();
+                        let picked: Vec<&Arc<Replica>> =
+                            candidates(&all, arrived.elapsed(), window)
+                                .into_iter()
+                                .map(|i| &ready[i])
+                                .collect();
+                        power_of_two(&picked)
+                    }
+                };
+                if let Some(r) = choice {
+                    if let Some(a) = adapter {
+                        r.note_adapter(a, true);
+                    }
                     return Ok(InFlight::new(r.clone(), self.accounting.clone()));
                 }
             }
@@ -565,6 +639,27 @@ fn power_of_two<'a>(candidates: &[&'a Arc<Replica>]) -> Option<&'a Arc<Replica>>
     }
 }
 
+/// What a request's `model` resolved to.
+pub struct Target {
+    /// The name as the client sent it (responses echo it).
+    pub name: String,
+    pub deployment: Arc<Deployment>,
+    /// The LoRA adapter, for an adapter request.
+    pub adapter: Option<String>,
+}
+
+impl Target {
+    /// The replica protocol's `adapter_id` and `adapter_source` (empty for
+    /// the base model, and for an adapter the replica finds itself).
+    pub fn adapter_fields(&self) -> (String, String) {
+        let Some(a) = &self.adapter else {
+            return (String::new(), String::new());
+        };
+        let source = self.deployment.adapters.runtime_source(a);
+        (a.clone(), source.unwrap_or_default())
+    }
+}
+
 /// Every served model, by the name clients use.
 #[derive(Default)]
 pub struct Models {
@@ -601,6 +696,55 @@ impl Models {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// What a request's `model` names: a served model, `base:adapter` (a
+    /// LoRA adapter of a model that serves them), or the name of an
+    /// adapter registered by name (`lora_modules`, or loaded at run time)
+    /// with one model; with no `model`, the only model.
+    pub fn resolve_target(&self, model: Option<&str>) -> Result<Target, ApiError> {
+        let Some(m) = model else {
+            return self.resolve(None).map(|deployment| Target {
+                name: deployment.model_id.clone(),
+                deployment,
+                adapter: None,
+            });
+        };
+        if let Some(deployment) = self.get(m) {
+            return Ok(Target {
+                name: m.to_string(),
+                deployment,
+                adapter: None,
+            });
+        }
+        if let Some((base, adapter)) = split_model(m) {
+            if let Some(deployment) = self.get(base) {
+                if !deployment.adapters.enabled() {
+                    return Err(ApiError::not_found(format!(
+                        "The model `{m}` does not exist: model `{base}` serves no LoRA adapters."
+                    ))
+                    .with_param("model"));
+                }
+                return Ok(Target {
+                    name: m.to_string(),
+                    deployment,
+                    adapter: Some(adapter.to_string()),
+                });
+            }
+        }
+        let by_name: Vec<Arc<Deployment>> = self
+            .all()
+            .into_iter()
+            .filter(|d| d.adapters.registered(m))
+            .collect();
+        match by_name.as_slice() {
+            [only] => Ok(Target {
+                name: m.to_string(),
+                deployment: only.clone(),
+                adapter: Some(m.to_string()),
+            }),
+            _ => Err(ApiError::model_not_found(m)),
+        }
     }
 
     /// The deployment a request's `model` names; with no `model`, the only
@@ -652,13 +796,13 @@ mod tests {
     async fn queued_requests_are_served_in_arrival_order() {
         let d = deployment(1);
         d.set_replicas(vec![replica("r")]);
-        let first = d.pick(&[]).await.unwrap();
+        let first = d.pick(&[], None).await.unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut waiters = Vec::new();
         for i in 0..3 {
             let (dep, tx) = (d.clone(), tx.clone());
             waiters.push(tokio::spawn(async move {
-                let held = dep.pick(&[]).await.unwrap();
+                let held = dep.pick(&[], None).await.unwrap();
                 tx.send(i).unwrap();
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 drop(held);
@@ -676,17 +820,17 @@ mod tests {
         assert_eq!(order, vec![0, 1, 2]);
         assert_eq!(d.queued(), 0);
         // A newcomer does not jump the line when a place frees up.
-        let held = d.pick(&[]).await.unwrap();
+        let held = d.pick(&[], None).await.unwrap();
         let waiter = {
             let d = d.clone();
-            tokio::spawn(async move { d.pick(&[]).await.map(|_| ()) })
+            tokio::spawn(async move { d.pick(&[], None).await.map(|_| ()) })
         };
         while d.queued() < 1 {
             tokio::task::yield_now().await;
         }
         drop(held);
         use futures::FutureExt;
-        assert!(d.pick(&[]).now_or_never().is_none());
+        assert!(d.pick(&[], None).now_or_never().is_none());
         waiter.await.unwrap().unwrap();
     }
 
@@ -694,12 +838,12 @@ mod tests {
     async fn requests_wait_for_replicas_on_their_way_and_skip_suspect_ones() {
         let d = deployment(u64::MAX);
         // Nothing ready, nothing coming: a 503 at once.
-        assert_eq!(d.pick(&[]).await.err().unwrap().status.as_u16(), 503);
+        assert_eq!(d.pick(&[], None).await.err().unwrap().status.as_u16(), 503);
         // Replicas on their way: the request waits for the first one.
         d.set_expecting(true);
         let waiting = {
             let d = d.clone();
-            tokio::spawn(async move { d.pick(&[]).await.map(|f| f.replica.id.clone()) })
+            tokio::spawn(async move { d.pick(&[], None).await.map(|f| f.replica.id.clone()) })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished());
@@ -708,12 +852,12 @@ mod tests {
         d.set_replicas(vec![a.clone(), b]);
         assert_eq!(waiting.await.unwrap().unwrap(), "b");
         for _ in 0..20 {
-            assert_eq!(d.pick(&[]).await.unwrap().replica.id, "b");
+            assert_eq!(d.pick(&[], None).await.unwrap().replica.id, "b");
         }
         // A deployment that failed to start answers why, at once.
         d.set_replicas(Vec::new());
         d.set_problem(Some("the model failed to load".into()));
-        let e = d.pick(&[]).await.err().unwrap();
+        let e = d.pick(&[], None).await.err().unwrap();
         assert!(e.message.contains("failed to load"), "{}", e.message);
     }
 }

@@ -25,6 +25,10 @@ pub struct RouterConfig {
     /// otherwise), so a client that stalls mid-body cannot hold a
     /// connection forever.
     pub body_read_timeout: Duration,
+    /// Serve vLLM's `/v1/load_lora_adapter` and `/v1/unload_lora_adapter`
+    /// (`LLM_SERVE_ALLOW_RUNTIME_LORA_UPDATING`, as vLLM's
+    /// `VLLM_ALLOW_RUNTIME_LORA_UPDATING`).
+    pub allow_runtime_lora_updating: bool,
 }
 
 impl Default for RouterConfig {
@@ -33,6 +37,7 @@ impl Default for RouterConfig {
             api_key: None,
             max_body_bytes: 32 * 1024 * 1024,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            allow_runtime_lora_updating: false,
         }
     }
 }

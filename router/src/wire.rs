@@ -60,9 +60,10 @@ pub struct ModelCard {
     pub object: &'static str,
     pub created: u64,
     pub owned_by: &'static str,
-    /// Where the weights came from (the model id until a replica says).
+    /// Where the weights came from (the model id until a replica says;
+    /// an adapter's path or URI).
     pub root: String,
-    /// Always `null` (no fine-tunes of served models).
+    /// The base model of a LoRA adapter; `null` for a base model.
     pub parent: Option<String>,
     /// `null` until a replica has reported it.
     pub max_model_len: Option<u32>,

@@ -17,6 +17,8 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once per process: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Start llm-serve in the background (controller, HTTP proxy, admin
     /// API); applications are then deployed with `deploy`.
@@ -242,6 +244,19 @@ pub struct EngineFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_call_parser: Option<String>,
+    /// Serve LoRA adapters (vLLM's flag); implied by the LoRA flags of
+    /// `serve`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enable_lora: Option<bool>,
+    /// The largest LoRA rank accepted (default 16).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_lora_rank: Option<usize>,
+    /// How adapter weights are kept: auto, float16 or float32.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_dtype: Option<String>,
     /// More engine settings as a JSON object (Ray Serve LLM's
     /// `engine_kwargs`); the flags above override its keys.
     #[arg(long)]
@@ -404,6 +419,18 @@ pub struct ServeArgs {
     /// Print the deploy config `serve` runs, and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// LoRA adapters to serve on demand: a directory or URI with one
+    /// subdirectory per adapter, requested as `model: "<model>:<adapter>"`
+    /// (lora_config.dynamic_lora_loading_path).
+    #[arg(long)]
+    pub lora_dir: Option<String>,
+    /// Adapters kept loaded per replica (default 16).
+    #[arg(long)]
+    pub max_num_adapters_per_replica: Option<u32>,
+    /// Adapters by name, loaded at start: `name=path` or vLLM's JSON form
+    /// `{"name": ..., "path": ...}`; repeat or list several.
+    #[arg(long, num_args = 1..)]
+    pub lora_modules: Vec<String>,
     #[command(flatten)]
     pub engine: EngineFlags,
     #[command(flatten)]
@@ -427,6 +454,9 @@ pub struct ReplicaArgs {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, default_value_t = 30.0)]
     pub graceful_shutdown_timeout_s: f64,
+    /// The model's `lora_config` as JSON: serve LoRA adapters as it says.
+    #[arg(long)]
+    pub lora_config: Option<String>,
     #[command(flatten)]
     pub engine: EngineFlags,
 }

@@ -9,8 +9,10 @@
 //! process that started it.
 
 use crate::cli::ReplicaArgs;
+use crate::config::llm::LoraConfig;
 use crate::replica_process::ReplicaEvent;
 use anyhow::{Context, Result};
+use llm_serve_engine::adapters::LoraSettings;
 use llm_serve_engine::replica::{LoadedModel, ReplicaService, ReplicaState};
 use llm_serve_engine::EngineConfig;
 use std::sync::Arc;
@@ -26,15 +28,61 @@ pub fn run(args: ReplicaArgs) -> Result<()> {
     report_accelerator_share(&args.replica_id);
     let threads = llm_serve_kernels::threads::init(args.engine.threads.unwrap_or(0));
     let cfg = crate::engine_kwargs::engine_config(&args.engine)?;
+    let lora = args
+        .lora_config
+        .as_deref()
+        .map(|text| lora_settings(text, &cfg))
+        .transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args, cfg, threads))
+    runtime.block_on(serve(args, cfg, lora, threads))
 }
 
-async fn serve(args: ReplicaArgs, cfg: EngineConfig, threads: usize) -> Result<()> {
+/// The replica's adapter settings from its `lora_config` and engine
+/// settings.
+fn lora_settings(text: &str, cfg: &EngineConfig) -> Result<LoraSettings> {
+    let l: LoraConfig =
+        serde_json::from_str(text).with_context(|| format!("--lora-config: {text}"))?;
+    Ok(LoraSettings {
+        max_loaded: l.max_num_adapters_per_replica.max(1) as usize,
+        loading_path: l.dynamic_lora_loading_path,
+        modules: l.lora_modules,
+        download_timeout: l
+            .download_timeout_s
+            .filter(|t| *t > 0.0)
+            .map(crate::config::duration),
+        max_download_tries: l.max_download_tries.max(1),
+        cache_dir: lora_cache_dir(),
+        options: cfg.lora_options()?,
+    })
+}
+
+/// Where remote adapters are downloaded: `LLM_SERVE_LORA_CACHE_DIR`, else
+/// `lora-cache` beside the models directory.
+fn lora_cache_dir() -> std::path::PathBuf {
+    match std::env::var_os(LORA_CACHE_ENV) {
+        Some(d) if !d.is_empty() => d.into(),
+        _ => {
+            let models = llm_serve_models::models_dir();
+            models
+                .parent()
+                .map_or_else(|| models.join("lora-cache"), |p| p.join("lora-cache"))
+        }
+    }
+}
+
+/// Overrides where remote adapters are downloaded.
+pub const LORA_CACHE_ENV: &str = "LLM_SERVE_LORA_CACHE_DIR";
+
+async fn serve(
+    args: ReplicaArgs,
+    cfg: EngineConfig,
+    lora: Option<LoraSettings>,
+    threads: usize,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("cannot bind {}:{}", args.host, args.port))?;
@@ -48,11 +96,15 @@ async fn serve(args: ReplicaArgs, cfg: EngineConfig, threads: usize) -> Result<(
     let load_state = state.clone();
     let model = args.model.clone();
     let replica_id = args.replica_id.clone();
+    let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name("llm-serve-load".into())
         .spawn(move || {
             let started = Instant::now();
-            let loaded = LoadedModel::load(&model, cfg);
+            let loaded = LoadedModel::load(&model, cfg, lora).and_then(|m| {
+                runtime.block_on(m.preload_adapters())?;
+                Ok(m)
+            });
             match &loaded {
                 Ok(m) => {
                     let info = m.engine.info();

@@ -93,10 +93,27 @@ pub fn settings(
             api_key: d.api_key.clone().filter(|k| !k.is_empty()),
             max_body_bytes: d.max_request_body_bytes,
             body_read_timeout: body_read_timeout(d)?,
+            allow_runtime_lora_updating: runtime_lora_updating(),
         },
         shutdown_grace: Duration::from_secs(30),
         exit_on_deploy_failure: true,
     })
+}
+
+/// Whether vLLM's run-time adapter endpoints are served:
+/// `LLM_SERVE_ALLOW_RUNTIME_LORA_UPDATING` (or vLLM's
+/// `VLLM_ALLOW_RUNTIME_LORA_UPDATING`) set to true or 1.
+fn runtime_lora_updating() -> bool {
+    let on = |k: &str| {
+        std::env::var(k)
+            .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true"))
+    };
+    let allowed =
+        on("LLM_SERVE_ALLOW_RUNTIME_LORA_UPDATING") || on("VLLM_ALLOW_RUNTIME_LORA_UPDATING");
+    if allowed {
+        tracing::warn!("LoRA dynamic loading & unloading is enabled in the API server. This should ONLY be used for local development!");
+    }
+    allowed
 }
 
 fn proxy_location(text: &str) -> Result<ProxyLocation> {

@@ -3,7 +3,8 @@
 
 use super::scheduler::SchedulingPolicy;
 use crate::error::{EngineError, Result};
-use llm_serve_models::{KvCache, Model};
+use llm_serve_kernels::lora::MAX_RANK;
+use llm_serve_models::{KvCache, LoraDtype, LoraOptions, Model};
 
 /// Settings of one engine. Deserializes from Ray Serve LLM's
 /// `engine_kwargs` (unknown keys are errors, absent ones take defaults).
@@ -27,6 +28,21 @@ pub struct EngineConfig {
     /// The tool-call format `tool_choice: "auto"` parses; `None` reads it
     /// off the chat template.
     pub tool_call_parser: Option<crate::ToolCallFormat>,
+    /// vLLM's `enable_lora`: serve LoRA adapters even without a
+    /// `lora_config` (adapters then come from `lora_modules` and the load
+    /// endpoint only).
+    pub enable_lora: bool,
+    /// The largest adapter rank accepted (vLLM's `max_lora_rank`).
+    pub max_lora_rank: usize,
+    /// vLLM's `max_loras` and `max_cpu_loras`: adapters kept loaded, when no
+    /// `lora_config` says (its `max_num_adapters_per_replica` must equal
+    /// them when both are given, as Ray Serve LLM asks). Every loaded
+    /// adapter may run in the same step.
+    pub max_loras: Option<usize>,
+    pub max_cpu_loras: Option<usize>,
+    /// How adapter weights are kept: `auto` (f32 files as f32, f16 and
+    /// bf16 files as f16), `float16` or `float32`.
+    pub lora_dtype: String,
 }
 
 impl Default for EngineConfig {
@@ -42,6 +58,11 @@ impl Default for EngineConfig {
             enable_prefix_caching: true,
             scheduling_policy: SchedulingPolicy::Fcfs,
             tool_call_parser: None,
+            enable_lora: false,
+            max_lora_rank: 16,
+            max_loras: None,
+            max_cpu_loras: None,
+            lora_dtype: "auto".into(),
         }
     }
 }
@@ -109,6 +130,7 @@ impl EngineConfig {
                 ),
             ));
         }
+        self.validate_lora()?;
         if !(self.kv_cache_memory_fraction > 0.0 && self.kv_cache_memory_fraction <= 1.0) {
             return Err(bad(
                 "kv_cache_memory_fraction",
@@ -119,6 +141,47 @@ impl EngineConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Checks the LoRA settings (also when a deploy config is checked).
+    pub fn validate_lora(&self) -> Result<()> {
+        if !(1..=MAX_RANK).contains(&self.max_lora_rank) {
+            return Err(bad(
+                "max_lora_rank",
+                format!(
+                    "max_lora_rank must be in 1..={MAX_RANK}, got {}",
+                    self.max_lora_rank
+                ),
+            ));
+        }
+        for (param, v) in [
+            ("max_loras", self.max_loras),
+            ("max_cpu_loras", self.max_cpu_loras),
+        ] {
+            if v == Some(0) {
+                return Err(bad(param, format!("{param} must be at least 1")));
+            }
+        }
+        self.lora_options().map(drop)
+    }
+
+    /// The limits adapters are loaded with.
+    pub fn lora_options(&self) -> Result<LoraOptions> {
+        Ok(LoraOptions {
+            max_rank: self.max_lora_rank,
+            dtype: self
+                .lora_dtype
+                .parse::<LoraDtype>()
+                .map_err(|e| bad("lora_dtype", e))?,
+        })
+    }
+
+    /// How many adapters `max_loras` / `max_cpu_loras` keep loaded.
+    pub fn max_loaded_adapters(&self) -> Option<usize> {
+        match (self.max_loras, self.max_cpu_loras) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0).max(b.unwrap_or(0))),
+        }
     }
 
     /// Number of KV blocks for blocks of `bytes_per_block`, given the

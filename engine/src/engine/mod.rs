@@ -27,7 +27,7 @@ pub use config::{
 pub use generate::Generation;
 pub use histograms::{EngineHistograms, Histogram};
 pub use request::{
-    check_prompt_length, EngineEvent, EngineRequest, RequestTimes, TokenDelta, Usage,
+    check_prompt_length, AdapterRef, EngineEvent, EngineRequest, RequestTimes, TokenDelta, Usage,
 };
 pub use scheduler::SchedulingPolicy;
 pub use stats::EngineStats;
@@ -65,6 +65,15 @@ pub(crate) enum Command {
 pub(crate) struct Published {
     pub(crate) stats: EngineStats,
     pub(crate) histograms: EngineHistograms,
+    pub(crate) adapters: AdapterActivity,
+}
+
+/// The LoRA adapters of the running and of the waiting sequences (vLLM's
+/// `lora_requests_info`), each sorted, without repeats.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdapterActivity {
+    pub running: Vec<String>,
+    pub waiting: Vec<String>,
 }
 
 /// Fixed facts about a running engine.
@@ -144,6 +153,7 @@ impl Engine {
                 ..EngineStats::default()
             },
             histograms: EngineHistograms::new(max_model_len),
+            adapters: AdapterActivity::default(),
         }));
         let (tx, rx) = mpsc::channel();
         let runner = runner::ModelRunner::new(model, cache);
@@ -191,6 +201,11 @@ impl Engine {
     /// The latest counters.
     pub fn stats(&self) -> EngineStats {
         self.published(|p| p.stats)
+    }
+
+    /// The adapters of the running and the waiting sequences.
+    pub fn adapter_activity(&self) -> AdapterActivity {
+        self.published(|p| p.adapters.clone())
     }
 
     /// The latest request histograms.
@@ -274,12 +289,6 @@ impl Engine {
                     self.info.vocab_size
                 ),
             });
-        }
-        if let Some(a) = &r.adapter {
-            return Err(invalid(
-                "model",
-                format!("LoRA adapter '{a}' is not loaded in this engine"),
-            ));
         }
         Ok(())
     }

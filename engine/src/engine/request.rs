@@ -4,7 +4,32 @@ use crate::error::{EngineError, Result};
 use crate::output::FinishReason;
 use crate::sampling::{Sampled, SamplingParams};
 use crate::structured::Grammar;
+use llm_serve_models::LoraAdapter;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// A loaded LoRA adapter a request runs with.
+#[derive(Clone)]
+pub struct AdapterRef {
+    pub name: String,
+    /// Unique per load: a reloaded adapter of the same name never shares
+    /// cached KV blocks with its earlier weights.
+    pub load_id: u64,
+    pub weights: Arc<LoraAdapter>,
+}
+
+impl AdapterRef {
+    /// What the prefix cache's block hashes carry for this adapter.
+    pub fn cache_key(&self) -> String {
+        format!("{}#{}", self.name, self.load_id)
+    }
+}
+
+impl std::fmt::Debug for AdapterRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdapterRef({} #{})", self.name, self.load_id)
+    }
+}
 
 /// A request for the engine: prompt token ids and how to sample.
 #[derive(Clone, Debug, Default)]
@@ -13,8 +38,9 @@ pub struct EngineRequest {
     pub params: SamplingParams,
     /// Lower runs first under the `priority` scheduling policy.
     pub priority: i32,
-    /// LoRA adapter id; KV blocks are never shared across adapters.
-    pub adapter: Option<String>,
+    /// The LoRA adapter it runs with (`None`: the base model); KV blocks
+    /// are never shared across adapters.
+    pub adapter: Option<AdapterRef>,
     /// A compiled structured-output constraint every sample follows.
     pub grammar: Option<Grammar>,
 }

@@ -9,7 +9,7 @@
 use super::scheduler::{Schedule, SeqId, SeqState};
 use crate::error::{EngineError, Result};
 use crate::sampling::{ConstraintStatus, Sampled, SequenceSampler};
-use llm_serve_models::{KvCache, LogitsWanted, Model, SeqInput, StepInputs};
+use llm_serve_models::{KvCache, LogitsWanted, LoraAdapter, Model, SeqInput, StepInputs};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -29,18 +29,36 @@ pub struct PreparedStep {
     pub inputs: StepInputs,
     /// `logits_rows[i]` is sampled for `row_seqs[i]`.
     pub row_seqs: Vec<SeqId>,
+    /// The step's adapters: a sequence's `adapter_slot` indexes this.
+    pub adapters: Vec<Arc<LoraAdapter>>,
 }
 
-/// Flattens a plan into the step's inputs: a pure function of the plan
-/// and the sequences' tokens and block tables (no model, no device).
+/// Flattens a plan into the step's inputs: a pure function of the plan,
+/// the sequences' tokens and block tables, and which adapter each runs
+/// with (no model, no device). Each distinct adapter gets one slot.
 pub fn prepare_step<'a>(
     plan: &Schedule,
     block_size: usize,
     seq: impl Fn(SeqId) -> Option<&'a SeqState>,
+    adapter: impl Fn(SeqId) -> Option<Arc<LoraAdapter>>,
 ) -> Result<PreparedStep> {
     let mut seqs = Vec::with_capacity(plan.seqs.len());
     let mut row_seqs = Vec::new();
+    let mut adapters: Vec<Arc<LoraAdapter>> = Vec::new();
     for s in &plan.seqs {
+        let slot = adapter(s.id).map(|a| {
+            adapters
+                .iter()
+                .position(|b| Arc::ptr_eq(b, &a))
+                .unwrap_or_else(|| {
+                    adapters.push(a);
+                    adapters.len() - 1
+                })
+        });
+        let slot = slot
+            .map(u16::try_from)
+            .transpose()
+            .map_err(|_| EngineError::Internal("more than 65536 adapters in one step".into()))?;
         let q = seq(s.id).ok_or_else(|| {
             EngineError::Internal(format!("sequence {} is planned but unknown", s.id))
         })?;
@@ -62,19 +80,26 @@ pub fn prepare_step<'a>(
             } else {
                 LogitsWanted::None
             },
+            adapter: slot,
         });
         if s.sample {
             row_seqs.push(s.id);
         }
     }
     let inputs = StepInputs::new(block_size, &seqs)?;
-    Ok(PreparedStep { inputs, row_seqs })
+    Ok(PreparedStep {
+        inputs,
+        row_seqs,
+        adapters,
+    })
 }
 
 pub struct ModelRunner {
     model: Arc<Model>,
     cache: KvCache,
     samplers: HashMap<SeqId, SequenceSampler>,
+    /// The adapter of each sequence that has one.
+    adapters: HashMap<SeqId, Arc<LoraAdapter>>,
 }
 
 impl ModelRunner {
@@ -83,6 +108,7 @@ impl ModelRunner {
             model,
             cache,
             samplers: HashMap::new(),
+            adapters: HashMap::new(),
         }
     }
 
@@ -94,14 +120,29 @@ impl ModelRunner {
         self.model.config().vocab_size
     }
 
-    /// Registers a sequence's sampler; its state (seeded stream, penalty
-    /// counts, processors) survives preemption, which only drops KV.
-    pub fn add_sequence(&mut self, id: SeqId, sampler: SequenceSampler) {
+    /// Registers a sequence's sampler and adapter; its sampling state
+    /// (seeded stream, penalty counts, processors) survives preemption,
+    /// which only drops KV.
+    pub fn add_sequence(
+        &mut self,
+        id: SeqId,
+        sampler: SequenceSampler,
+        adapter: Option<Arc<LoraAdapter>>,
+    ) {
         self.samplers.insert(id, sampler);
+        if let Some(a) = adapter {
+            self.adapters.insert(id, a);
+        }
     }
 
     pub fn remove_sequence(&mut self, id: SeqId) {
         self.samplers.remove(&id);
+        self.adapters.remove(&id);
+    }
+
+    /// The adapter sequence `id` runs with.
+    pub fn adapter(&self, id: SeqId) -> Option<Arc<LoraAdapter>> {
+        self.adapters.get(&id).cloned()
     }
 
     /// Runs one step of the plan and samples the sequences it completes.
@@ -110,6 +151,7 @@ impl ModelRunner {
             model,
             cache,
             samplers,
+            ..
         } = self;
         let mut preparing: Vec<&mut SequenceSampler> = samplers
             .iter_mut()
@@ -119,11 +161,11 @@ impl ModelRunner {
         // Grammar masks need no logits: they are computed on a second
         // thread while the forward pass runs.
         let logits = if preparing.is_empty() {
-            model.forward(&step.inputs, cache)?
+            model.forward(&step.inputs, cache, &step.adapters)?
         } else {
             std::thread::scope(|scope| {
                 let masks = scope.spawn(move || preparing.iter_mut().for_each(|s| s.prepare()));
-                let logits = model.forward(&step.inputs, cache);
+                let logits = model.forward(&step.inputs, cache, &step.adapters);
                 let joined = masks.join();
                 if joined.is_err() {
                     return Err(EngineError::Internal(
@@ -200,7 +242,7 @@ mod tests {
         ];
         let by_id = |id: SeqId| seqs.iter().find(|s| s.id == id);
         let p = plan(&[(7, 0, 5, false), (3, 17, 1, true), (9, 0, 2, true)]);
-        let step = prepare_step(&p, 8, by_id).unwrap();
+        let step = prepare_step(&p, 8, by_id, |_| None).unwrap();
         let x = &step.inputs;
         assert_eq!(x.token_ids, [100, 101, 102, 103, 104, 17, 50, 51]);
         assert_eq!(x.positions, [0, 1, 2, 3, 4, 17, 0, 1]);
@@ -224,7 +266,7 @@ mod tests {
     fn a_block_table_short_of_the_tokens_is_an_error() {
         let seqs = [seq(1, (0..9).collect(), vec![0])];
         let p = plan(&[(1, 0, 9, true)]);
-        let e = prepare_step(&p, 8, |id| seqs.iter().find(|s| s.id == id)).unwrap_err();
+        let e = prepare_step(&p, 8, |id| seqs.iter().find(|s| s.id == id), |_| None).unwrap_err();
         assert!(e.to_string().contains("do not cover position 9"), "{e}");
     }
 
@@ -232,7 +274,7 @@ mod tests {
     fn a_plan_naming_an_unknown_sequence_or_tokens_is_an_error() {
         let seqs = [seq(1, vec![1, 2], vec![0])];
         let find = |id: SeqId| seqs.iter().find(|s| s.id == id);
-        assert!(prepare_step(&plan(&[(2, 0, 1, true)]), 8, find).is_err());
-        assert!(prepare_step(&plan(&[(1, 1, 5, true)]), 8, find).is_err());
+        assert!(prepare_step(&plan(&[(2, 0, 1, true)]), 8, find, |_| None).is_err());
+        assert!(prepare_step(&plan(&[(1, 1, 5, true)]), 8, find, |_| None).is_err());
     }
 }

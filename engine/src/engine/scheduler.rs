@@ -188,6 +188,10 @@ impl Scheduler {
         &self.running
     }
 
+    pub fn waiting(&self) -> &VecDeque<SeqId> {
+        &self.waiting
+    }
+
     /// Queues a new sequence.
     pub fn add(&mut self, mut seq: SeqState) {
         seq.arrival = self.next_arrival;

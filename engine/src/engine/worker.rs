@@ -6,7 +6,7 @@
 
 use super::blocks::BlockManager;
 use super::histograms::EngineHistograms;
-use super::request::{EngineEvent, EngineRequest, RequestTimes, TokenDelta, Usage};
+use super::request::{AdapterRef, EngineEvent, EngineRequest, RequestTimes, TokenDelta, Usage};
 use super::runner::{prepare_step, ModelRunner, RunnerOutput};
 use super::scheduler::{Scheduler, SchedulerConfig, SeqId, SeqState};
 use super::stats::EngineStats;
@@ -158,7 +158,8 @@ impl Worker {
             if let Some(g) = &r.grammar {
                 sampler.prepend_processor(Box::new(GrammarProcessor::new(g.matcher())));
             }
-            self.runner.add_sequence(seq, sampler);
+            self.runner
+                .add_sequence(seq, sampler, r.adapter.as_ref().map(|a| a.weights.clone()));
             samples.push(Sample {
                 seq,
                 output: OutputState::new(&r.params, &r.prompt, &self.eos, self.info.max_model_len),
@@ -168,7 +169,7 @@ impl Worker {
             self.sched.add(SeqState::new(
                 seq,
                 r.prompt.clone(),
-                r.adapter.clone(),
+                r.adapter.as_ref().map(AdapterRef::cache_key),
                 r.priority,
             ));
         }
@@ -209,8 +210,13 @@ impl Worker {
                 }
             }
         }
-        let executed = prepare_step(&plan, self.runner.block_size(), |id| self.sched.seq(id))
-            .and_then(|step| self.runner.execute(&step));
+        let executed = prepare_step(
+            &plan,
+            self.runner.block_size(),
+            |id| self.sched.seq(id),
+            |id| self.runner.adapter(id),
+        )
+        .and_then(|step| self.runner.execute(&step));
         match executed {
             Ok(output) => self.update_from_output(output),
             Err(e) => {
@@ -418,6 +424,24 @@ impl Worker {
         };
         shared.stats = self.stats;
         shared.histograms.copy_from(&self.histograms);
+        let names = |ids: &mut dyn Iterator<Item = &SeqId>| -> Vec<&str> {
+            let mut v: Vec<&str> = ids
+                .filter_map(|id| self.sched.seq(*id)?.adapter.as_deref())
+                .map(|key| key.rsplit_once('#').map_or(key, |(name, _)| name))
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let running = names(&mut self.sched.running().iter());
+        let waiting = names(&mut self.sched.waiting().iter());
+        let a = &mut shared.adapters;
+        if a.running != running {
+            a.running = running.into_iter().map(str::to_string).collect();
+        }
+        if a.waiting != waiting {
+            a.waiting = waiting.into_iter().map(str::to_string).collect();
+        }
     }
 
     fn shutdown(mut self) {

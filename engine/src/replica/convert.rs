@@ -126,6 +126,8 @@ pub(crate) fn status(e: EngineError) -> Status {
         }
         EngineError::Template(m) => pb::invalid_argument("messages", m),
         EngineError::InvalidConstraint { param, message } => pb::invalid_argument(&param, message),
+        EngineError::AdapterNotFound { message, .. } => pb::not_found("model", message),
+        EngineError::AdapterLoad { message, .. } => pb::invalid_argument("model", message),
         other => Status::internal(other.to_string()),
     }
 }

@@ -4,9 +4,10 @@
 use super::convert::{constraint, finish, logprobs, sampling_params, status};
 use super::defaults::GenerationDefaults;
 use super::prompt::{prompt_ids, PromptInput};
+use crate::adapters::{AdapterLease, AdapterManager, LoraSettings};
 use crate::chat_template::ChatTemplate;
 use crate::engine::{Engine, EngineConfig, EngineEvent, EngineRequest, RequestStream};
-use crate::error::{invalid, Result};
+use crate::error::{invalid, EngineError, Result};
 use crate::output::FinishReason;
 use crate::tokenizer::Tokenizer;
 use crate::ToolCallFormat;
@@ -29,11 +30,14 @@ pub struct LoadedModel {
     /// The format `tool_choice: "auto"` parses (engine_kwargs, else the
     /// template's); `None` when the template renders no tools.
     pub tool_call_parser: Option<ToolCallFormat>,
+    /// The LoRA adapters, when the model serves them.
+    pub adapters: Option<AdapterManager>,
 }
 
 impl LoadedModel {
-    /// Resolves `source`, loads weights and tokenizer, starts the engine.
-    pub fn load(source: &str, cfg: EngineConfig) -> Result<Self> {
+    /// Resolves `source`, loads weights and tokenizer, starts the engine;
+    /// with `lora`, adapters are served as its settings say.
+    pub fn load(source: &str, cfg: EngineConfig, lora: Option<LoraSettings>) -> Result<Self> {
         let files = ModelFiles::resolve(source)?;
         let model = Arc::new(Model::load(&files, cfg.max_model_len)?);
         let tokenizer = Arc::new(Tokenizer::load(&files, model.gguf_metadata())?);
@@ -47,12 +51,43 @@ impl LoadedModel {
                 .as_ref()
                 .and_then(|t| ToolCallFormat::of_template(t.source()))
         });
+        let adapters = lora.map(|settings| AdapterManager::new(model.clone(), settings));
         let engine = Engine::start(model, tokenizer, cfg)?;
         Ok(LoadedModel {
             engine,
             template,
             defaults,
             tool_call_parser,
+            adapters,
+        })
+    }
+
+    /// Loads the adapters named in `lora_modules` (vLLM loads them at
+    /// start-up, and a bad one stops the server).
+    pub async fn preload_adapters(&self) -> Result<()> {
+        let Some(m) = &self.adapters else {
+            return Ok(());
+        };
+        let names: Vec<String> = m.settings().modules.keys().cloned().collect();
+        for name in names.iter().take(m.settings().max_loaded) {
+            m.load(name, None, false)
+                .await
+                .map_err(|e| EngineError::AdapterLoad {
+                    name: name.clone(),
+                    message: format!("LoRA module '{name}': {e}"),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The adapter manager, or the error for an adapter request to a model
+    /// that serves none.
+    fn adapters(&self, name: &str) -> Result<&AdapterManager> {
+        self.adapters.as_ref().ok_or_else(|| EngineError::AdapterNotFound {
+            name: name.to_string(),
+            message: format!(
+                "The LoRA adapter '{name}' does not exist: this model serves no adapters (its deployment has no lora_config)."
+            ),
         })
     }
 }
@@ -191,6 +226,8 @@ struct Pending {
     events: RequestStream,
     tokenizer: Arc<Tokenizer>,
     _ongoing: OngoingGuard,
+    /// Keeps the request's adapter loaded until the stream ends.
+    _adapter: Option<AdapterLease>,
     access: AccessLine,
 }
 
@@ -215,6 +252,30 @@ impl Drop for AccessLine {
                 self.started.elapsed().as_secs_f64() * 1e3
             );
         }
+    }
+}
+
+/// Serve's multiplex counters and vLLM's adapter activity, as reported.
+fn multiplex(m: &AdapterManager, engine: &Engine) -> pb::Multiplex {
+    let s = m.stats();
+    let activity = engine.adapter_activity();
+    let histogram = |name: &str, h: &crate::engine::Histogram| pb::Histogram {
+        name: name.to_string(),
+        help: String::new(),
+        bounds: h.bounds.clone(),
+        counts: h.counts.clone(),
+        sum: h.sum,
+    };
+    pb::Multiplex {
+        loading_adapters: s.loading,
+        loads: s.loads,
+        unloads: s.unloads,
+        requests: s.requests,
+        load_latency_ms: Some(histogram("load_latency_ms", &s.load_latency_ms)),
+        unload_latency_ms: Some(histogram("unload_latency_ms", &s.unload_latency_ms)),
+        max_adapters: u32::try_from(m.settings().max_loaded).unwrap_or(u32::MAX),
+        running_adapters: activity.running,
+        waiting_adapters: activity.waiting,
     }
 }
 
@@ -314,13 +375,25 @@ impl pb::replica_server::Replica for ReplicaService {
                 Some(compiled.map_err(status)?)
             }
         };
+        // The adapter is loaded (or waits for a place) before the call
+        // answers: an unknown or broken one is this call's error.
+        let (lease, adapters) = if r.adapter_id.is_empty() {
+            (None, Vec::new())
+        } else {
+            let m = loaded.adapters(&r.adapter_id).map_err(status)?;
+            let lease = m
+                .acquire(&r.adapter_id, Some(&r.adapter_source))
+                .await
+                .map_err(status)?;
+            (Some(lease), m.names())
+        };
         let events = loaded
             .engine
             .submit(EngineRequest {
                 prompt: ids,
                 params,
                 priority: r.priority,
-                adapter: (!r.adapter_id.is_empty()).then_some(r.adapter_id),
+                adapter: lease.as_ref().map(|l| l.adapter().clone()),
                 grammar,
             })
             .map_err(status)?;
@@ -328,11 +401,13 @@ impl pb::replica_server::Replica for ReplicaService {
         let started = event(Event::Started(pb::Started {
             prompt_tokens,
             prompt_text,
+            adapters,
         }));
         let pending = Pending {
             events,
             tokenizer,
             _ongoing: ongoing,
+            _adapter: lease,
             access,
         };
         // Dropping this stream (the client went away) drops the engine's
@@ -451,7 +526,15 @@ impl pb::replica_server::Replica for ReplicaService {
             generation_tokens: s.generation_tokens,
             request_success,
             histograms,
-            loaded_adapters: Vec::new(),
+            loaded_adapters: loaded
+                .adapters
+                .as_ref()
+                .map(|m| m.stats().loaded)
+                .unwrap_or_default(),
+            multiplex: loaded
+                .adapters
+                .as_ref()
+                .map(|m| multiplex(m, &loaded.engine)),
         }))
     }
 
@@ -482,6 +565,35 @@ impl pb::replica_server::Replica for ReplicaService {
         self.state.start_draining();
         Ok(Response::new(pb::DrainResponse {
             ongoing_requests: self.state.ongoing(),
+        }))
+    }
+
+    async fn load_adapter(
+        &self,
+        request: Request<pb::LoadAdapterRequest>,
+    ) -> std::result::Result<Response<pb::LoadAdapterResponse>, Status> {
+        let loaded = self.state.ready()?;
+        let r = request.into_inner();
+        let m = loaded.adapters(&r.name).map_err(status)?;
+        m.load(&r.name, Some(&r.source), r.replace)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::LoadAdapterResponse {
+            adapters: m.names(),
+        }))
+    }
+
+    async fn unload_adapter(
+        &self,
+        request: Request<pb::UnloadAdapterRequest>,
+    ) -> std::result::Result<Response<pb::UnloadAdapterResponse>, Status> {
+        let loaded = self.state.ready()?;
+        let r = request.into_inner();
+        let m = loaded.adapters(&r.name).map_err(status)?;
+        let was_loaded = m.unload(&r.name);
+        Ok(Response::new(pb::UnloadAdapterResponse {
+            was_loaded,
+            adapters: m.names(),
         }))
     }
 

@@ -9,8 +9,10 @@ use crate::kv_cache::CacheDtype;
 use crate::linear::Linear;
 use candle_core::{Device, Tensor};
 use llm_serve_kernels::attention::{KvGeometry, KvRole, SeqSpan};
+use llm_serve_kernels::lora::LoraSegment;
 use llm_serve_kernels::ops::{
-    Add, ApplyExt, Columns, Embedding, PagedAttention, QMatMul, RmsNorm, Rope, SiluMul, WriteCache,
+    Add, ApplyExt, Columns, Embedding, LoraUpdate, PagedAttention, QMatMul, RmsNorm, Rope, SiluMul,
+    WriteCache,
 };
 use llm_serve_kernels::rope::RopeTable;
 use llm_serve_kernels::QMatrix;
@@ -100,6 +102,11 @@ impl Backend for Cpu {
 
     fn matmul(&self, x: &Tensor, w: &Linear) -> Result<Tensor> {
         w.forward(x)
+    }
+
+    fn lora(&self, y: Tensor, x: &Tensor, segments: &[LoraSegment]) -> Result<Tensor> {
+        y.inplace_op2(x, &LoraUpdate { segments })?;
+        Ok(y)
     }
 
     fn matmul_table(&self, x: &Tensor, table: &Arc<QMatrix>) -> Result<Tensor> {

@@ -21,6 +21,7 @@ use crate::error::Result;
 use crate::kv_cache::CacheDtype;
 use candle_core::Tensor;
 use llm_serve_kernels::attention::{KvGeometry, KvRole};
+use llm_serve_kernels::lora::LoraSegment;
 use llm_serve_kernels::rope::RopeTable;
 use llm_serve_kernels::QMatrix;
 use std::sync::Arc;
@@ -53,6 +54,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn rms_norm(&self, x: &Self::Act, weight: &Self::Vector, eps: f32) -> Result<Self::Act>;
     /// `x W^T` (+ bias).
     fn matmul(&self, x: &Self::Act, w: &Self::Linear) -> Result<Self::Act>;
+    /// Adds each segment's LoRA update to `y`, the projection of `x`.
+    fn lora(&self, y: Self::Act, x: &Self::Act, segments: &[LoraSegment]) -> Result<Self::Act>;
     /// `x table^T` (the output projection).
     fn matmul_table(&self, x: &Self::Act, table: &Self::Table) -> Result<Self::Act>;
     /// Rotary embedding at the step's positions of the `heads * head_dim`

@@ -35,13 +35,14 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let Prepared {
         deployment,
+        model,
         common,
         request,
         reading,
     } = prepare(&app.models, &ctx.request_id, &body)?;
     let n = request.sampling.as_ref().map_or(1, |s| s.n.max(1));
     let generation = generation::start(&deployment, request).await?;
-    let meta = Meta::new("chatcmpl", &ctx.request_id, &deployment.model_id);
+    let meta = Meta::new("chatcmpl", &ctx.request_id, &model);
     if common.stream() {
         let chunks = ChatChunks {
             meta,
@@ -63,6 +64,8 @@ pub async fn chat_completions(
 /// A chat request checked as far as it can be before a replica sees it.
 pub(crate) struct Prepared {
     pub deployment: Arc<Deployment>,
+    /// The model as the client named it (`base:adapter` for an adapter).
+    pub model: String,
     pub common: CommonFields,
     pub request: pb::GenerateRequest,
     /// How the answer's text is read for tool calls (`None`: content).
@@ -83,7 +86,9 @@ pub(crate) fn prepare(
     common.check()?;
     chat.check()?;
     let structured = structured.constraint()?;
-    let deployment = models.resolve(common.model.as_deref())?;
+    let target = models.resolve_target(common.model.as_deref())?;
+    let (adapter_id, adapter_source) = target.adapter_fields();
+    let deployment = target.deployment;
     check_fan_out(common.n(), 1, deployment.max_num_seqs())?;
     let plan = tools::plan(
         chat.tools.as_ref(),
@@ -103,7 +108,8 @@ pub(crate) fn prepare(
     }
     let request = pb::GenerateRequest {
         request_id: request_id.to_string(),
-        adapter_id: String::new(),
+        adapter_id,
+        adapter_source,
         input: Some(pb::generate_request::Input::Chat(chat.chat_input())),
         sampling: Some(sampling),
         priority: common.priority.unwrap_or(0),
@@ -112,6 +118,7 @@ pub(crate) fn prepare(
     };
     Ok(Prepared {
         deployment,
+        model: target.name,
         common,
         request,
         reading: plan.reading,

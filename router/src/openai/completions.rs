@@ -33,6 +33,7 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let Prepared {
         deployment,
+        model,
         common,
         prompts,
         requests,
@@ -54,7 +55,7 @@ pub async fn completions(
         })
         .collect();
     let prompt_tokens: u32 = gens.iter().map(|g| g.prompt_tokens).sum();
-    let meta = Meta::new("cmpl", &ctx.request_id, &deployment.model_id);
+    let meta = Meta::new("cmpl", &ctx.request_id, &model);
     // The text each choice starts with (its prompt, with echo).
     let prefixes: BTreeMap<u32, String> = (0..prompts.len() as u32 * n)
         .map(|c| {
@@ -130,6 +131,8 @@ fn text_completion(
 /// sees it: one replica request per prompt.
 pub(crate) struct Prepared {
     pub deployment: Arc<Deployment>,
+    /// The model as the client named it (`base:adapter` for an adapter).
+    pub model: String,
     pub common: CommonFields,
     pub prompts: Vec<Prompt>,
     pub requests: Vec<pb::GenerateRequest>,
@@ -152,7 +155,9 @@ pub(crate) fn prepare(
     comp.check()?;
     let prompts = comp.prompts()?;
     let constraint = structured.constraint()?;
-    let deployment = models.resolve(common.model.as_deref())?;
+    let target = models.resolve_target(common.model.as_deref())?;
+    let (adapter_id, adapter_source) = target.adapter_fields();
+    let deployment = target.deployment;
     check_fan_out(common.n(), prompts.len(), deployment.max_num_seqs())?;
     let sampling = common.sampling(
         Some(common.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
@@ -180,7 +185,8 @@ pub(crate) fn prepare(
                 } else {
                     format!("{request_id}-{i}")
                 },
-                adapter_id: String::new(),
+                adapter_id: adapter_id.clone(),
+                adapter_source: adapter_source.clone(),
                 input: Some(input),
                 sampling: Some(sampling.clone()),
                 priority: common.priority.unwrap_or(0),
@@ -191,6 +197,7 @@ pub(crate) fn prepare(
         .collect();
     Ok(Prepared {
         deployment,
+        model: target.name,
         common,
         prompts,
         requests,

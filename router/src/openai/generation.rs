@@ -48,8 +48,9 @@ pub async fn start(
     request: pb::GenerateRequest,
 ) -> Result<Generation, ApiError> {
     let mut tried = Vec::new();
+    let adapter = (!request.adapter_id.is_empty()).then_some(request.adapter_id.as_str());
     loop {
-        let mut inflight = deployment.pick(&tried).await?;
+        let mut inflight = deployment.pick(&tried, adapter).await?;
         let mut client = inflight.replica.client();
         let first = match client.generate(request.clone()).await {
             Ok(r) => {
@@ -86,9 +87,16 @@ pub async fn start(
             }
             Err(s) => {
                 inflight.mark_failed();
+                if let Some(a) = adapter {
+                    // Its adapter did not load there (unknown or broken).
+                    inflight.replica.note_adapter(a, false);
+                }
                 return Err(replica_error(&s));
             }
         };
+        if adapter.is_some() {
+            inflight.replica.set_adapters(started.adapters);
+        }
         return Ok(Generation {
             prompt_tokens: started.prompt_tokens,
             prompt_text: started.prompt_text,

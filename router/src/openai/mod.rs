@@ -11,6 +11,7 @@ mod fuzz;
 mod generation;
 #[cfg(test)]
 mod golden;
+pub mod lora_adapters;
 pub mod models;
 mod request;
 mod response;

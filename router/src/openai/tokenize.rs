@@ -42,7 +42,7 @@ pub async fn tokenize(
         }
     };
     let deployment = app.models.resolve(f.model.as_deref())?;
-    let inflight = deployment.pick(&[]).await?;
+    let inflight = deployment.pick(&[], None).await?;
     let r = inflight
         .replica
         .client()
@@ -72,7 +72,7 @@ pub async fn detokenize(
     super::request::require(&body, "tokens")?;
     let f: DetokenizeFields = fields(&body)?;
     let deployment = app.models.resolve(f.model.as_deref())?;
-    let inflight = deployment.pick(&[]).await?;
+    let inflight = deployment.pick(&[], None).await?;
     let r = inflight
         .replica
         .client()

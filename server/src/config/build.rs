@@ -4,10 +4,11 @@
 //! `LLMServer:<model_id>` per model (engine replicas) — with each
 //! deployment's settings resolved by Serve's precedence.
 
-use super::llm::{LlmConfig, ENGINE_NAMES};
+use super::llm::{LlmConfig, LoraConfig, ENGINE_NAMES};
 use super::resolve::{self, DeploymentConfig};
 use super::schema::{ApplicationSchema, DeploymentOptions, NumReplicas};
 use super::{from_value_at, ConfigError};
+use llm_serve_engine::adapters::{check_adapter_name, AdapterLocation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -32,7 +33,9 @@ pub struct ModelSpec {
     pub tokenizer_source: Option<String>,
     pub engine_kwargs: Map<String, Value>,
     pub accelerator_type: Option<String>,
-    pub max_num_adapters_per_replica: Option<u32>,
+    /// How the replicas serve LoRA adapters (`None`: they serve none).
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
     /// `runtime_env.env_vars` of the application and the LLM config (the
     /// latter wins), set in each replica's environment.
     #[serde(default)]
@@ -41,6 +44,8 @@ pub struct ModelSpec {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+// One per deployment plan: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum DeploymentKind {
     /// The OpenAI ingress, hosted by the proxy.
     Router { models: Vec<String> },
@@ -403,26 +408,99 @@ fn model_spec(c: &LlmConfig, path: &str) -> Result<ModelSpec, ConfigError> {
             ));
         }
     }
-    llm_serve_engine::EngineConfig::from_kwargs(&Value::Object(c.engine_kwargs.clone()))
-        .map_err(|e| ConfigError::at(format!("{path}.engine_kwargs"), e.to_string()))?;
-    if let Some(l) = &c.lora_config {
-        if l.max_num_adapters_per_replica == 0 {
-            return Err(ConfigError::at(
-                format!("{path}.lora_config.max_num_adapters_per_replica"),
-                "expected a positive integer",
-            ));
-        }
-    }
+    let engine =
+        llm_serve_engine::EngineConfig::from_kwargs(&Value::Object(c.engine_kwargs.clone()))
+            .map_err(|e| ConfigError::at(format!("{path}.engine_kwargs"), e.to_string()))?;
+    let lora = lora_of(c, &engine, path)?;
     Ok(ModelSpec {
         model_id: m.model_id.clone(),
         model_source,
         tokenizer_source: m.tokenizer_source.clone(),
         engine_kwargs: c.engine_kwargs.clone(),
         accelerator_type: c.accelerator_type.clone(),
-        max_num_adapters_per_replica: c
-            .lora_config
-            .as_ref()
-            .map(|l| l.max_num_adapters_per_replica),
+        lora,
         env_vars: BTreeMap::new(),
     })
+}
+
+/// How the model serves adapters: its `lora_config`, checked, or Ray's
+/// defaults when only `engine_kwargs.enable_lora` asks for LoRA.
+fn lora_of(
+    c: &LlmConfig,
+    engine: &llm_serve_engine::EngineConfig,
+    path: &str,
+) -> Result<Option<LoraConfig>, ConfigError> {
+    let at = |field: &str| format!("{path}.{field}");
+    engine
+        .validate_lora()
+        .map_err(|e| ConfigError::at(at("engine_kwargs"), e.to_string()))?;
+    let Some(l) = &c.lora_config else {
+        let lora = (engine.enable_lora || engine.max_loaded_adapters().is_some()).then(|| {
+            LoraConfig::with_capacity(
+                engine
+                    .max_loaded_adapters()
+                    .map_or(super::llm::default_max_adapters(), |n| {
+                        u32::try_from(n).unwrap_or(u32::MAX)
+                    }),
+            )
+        });
+        return Ok(lora);
+    };
+    let mut l = l.clone();
+    if l.max_num_adapters_per_replica == 0 {
+        return Err(ConfigError::at(
+            at("lora_config.max_num_adapters_per_replica"),
+            "expected a positive integer",
+        ));
+    }
+    if let Some(n) = engine.max_loaded_adapters() {
+        if n != l.max_num_adapters_per_replica as usize {
+            return Err(ConfigError::at(
+                at("engine_kwargs.max_loras"),
+                format!(
+                    "max_loras / max_cpu_loras ({n}) must equal lora_config.max_num_adapters_per_replica ({}), as Ray Serve LLM asks; leave them out to use max_num_adapters_per_replica",
+                    l.max_num_adapters_per_replica
+                ),
+            ));
+        }
+    }
+    if l.max_download_tries == 0 {
+        return Err(ConfigError::at(
+            at("lora_config.max_download_tries"),
+            "expected a positive integer",
+        ));
+    }
+    match l.download_timeout_s {
+        Some(t) if !t.is_finite() => {
+            return Err(ConfigError::at(
+                at("lora_config.download_timeout_s"),
+                "expected a finite number of seconds",
+            ))
+        }
+        Some(t) if t <= 0.0 => l.download_timeout_s = None,
+        Some(t) if t > super::MAX_SECONDS => {
+            return Err(ConfigError::at(
+                at("lora_config.download_timeout_s"),
+                format!("expected at most {} seconds", super::MAX_SECONDS),
+            ))
+        }
+        _ => {}
+    }
+    if let Some(p) = &l.dynamic_lora_loading_path {
+        AdapterLocation::parse(p).map_err(|e| {
+            ConfigError::at(at("lora_config.dynamic_lora_loading_path"), e.to_string())
+        })?;
+        l.dynamic_lora_loading_path = Some(p.trim().trim_end_matches('/').to_string());
+    }
+    for (name, source) in &l.lora_modules {
+        check_adapter_name(name)
+            .and_then(|()| AdapterLocation::parse(source).map(drop))
+            .map_err(|e| {
+                ConfigError::at(
+                    at(&format!("lora_config.lora_modules.{name}")),
+                    e.to_string(),
+                )
+            })?;
+    }
+    Ok(Some(l))
 }

@@ -4,6 +4,7 @@
 use super::schema::DeploymentOptions;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,20 +44,42 @@ pub struct ModelLoadingConfig {
     pub tokenizer_source: Option<String>,
 }
 
+/// Ray Serve LLM's `lora_config`, plus `lora_modules`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoraConfig {
+    /// One subdirectory (or object-store prefix) per adapter: a local
+    /// path, `file://`, `s3://`, `gs://`, `az://`/`abfss://` or `http(s)://`.
     #[serde(default)]
     pub dynamic_lora_loading_path: Option<String>,
     #[serde(default = "default_max_adapters")]
     pub max_num_adapters_per_replica: u32,
+    /// Per download attempt; zero or less: no limit (Ray's rule).
     #[serde(default = "default_download_timeout")]
     pub download_timeout_s: Option<f64>,
     #[serde(default = "default_download_tries")]
     pub max_download_tries: u32,
+    /// llm-serve's addition, vLLM's `--lora-modules`: adapters by name with
+    /// their own path or URI, loaded when a replica starts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lora_modules: BTreeMap<String, String>,
 }
 
-fn default_max_adapters() -> u32 {
+impl LoraConfig {
+    /// Ray's defaults, for a model that serves adapters with no
+    /// `lora_config` (`engine_kwargs.enable_lora`).
+    pub fn with_capacity(max_num_adapters_per_replica: u32) -> Self {
+        LoraConfig {
+            dynamic_lora_loading_path: None,
+            max_num_adapters_per_replica,
+            download_timeout_s: default_download_timeout(),
+            max_download_tries: default_download_tries(),
+            lora_modules: BTreeMap::new(),
+        }
+    }
+}
+
+pub fn default_max_adapters() -> u32 {
     16
 }
 

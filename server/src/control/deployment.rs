@@ -193,8 +193,15 @@ impl DeploymentState {
         }
     }
 
+    /// Tells the router the deployment's limits and its LoRA adapters.
     fn apply_limits(&self) {
         if let Some(r) = &self.router {
+            r.adapters.set_routes(self.plan.model().and_then(|m| {
+                m.lora.as_ref().map(|l| router::lora::LoraRoutes {
+                    loading_path: l.dynamic_lora_loading_path.clone(),
+                    modules: l.lora_modules.clone(),
+                })
+            }));
             let c = &self.plan.config;
             r.set_limits(router::replicas::Limits {
                 max_ongoing_requests: c.max_ongoing_requests,
@@ -689,6 +696,10 @@ impl DeploymentState {
             replica_id: id.clone(),
             model_source: spec.model_source.clone(),
             engine_kwargs: Value::Object(engine_kwargs),
+            lora: spec
+                .lora
+                .as_ref()
+                .and_then(|l| serde_json::to_value(l).ok()),
             threads,
             env,
             log_file: log_file.clone(),

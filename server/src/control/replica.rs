@@ -37,6 +37,8 @@ pub struct Launch {
     pub replica_id: String,
     pub model_source: String,
     pub engine_kwargs: Value,
+    /// How it serves LoRA adapters (its `lora_config`), if it does.
+    pub lora: Option<Value>,
     pub threads: usize,
     /// Environment: its accelerator share, memory share, log settings.
     pub env: Vec<(String, String)>,
@@ -117,7 +119,7 @@ impl Reporter {
 }
 
 fn args(l: &Launch) -> Vec<String> {
-    vec![
+    let mut args = vec![
         "--model".into(),
         l.model_source.clone(),
         "--replica-id".into(),
@@ -128,7 +130,11 @@ fn args(l: &Launch) -> Vec<String> {
         l.threads.to_string(),
         "--graceful-shutdown-timeout-s".into(),
         l.graceful_shutdown_timeout.as_secs_f64().to_string(),
-    ]
+    ];
+    if let Some(lora) = &l.lora {
+        args.extend(["--lora-config".into(), lora.to_string()]);
+    }
+    args
 }
 
 async fn run(

@@ -56,6 +56,8 @@ pub struct Daemon {
     /// The admin token it was started with (`--admin-token`), which the
     /// helpers present.
     pub token: Option<String>,
+    /// Environment variables it is started with.
+    pub env: Vec<(String, String)>,
     pid: Option<u32>,
 }
 
@@ -119,8 +121,17 @@ impl Daemon {
         Daemon::start_in(tempfile_dir(), extra)
     }
 
+    /// `llm-serve start` with `env` set, plus `extra`.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_in_env(tempfile_dir(), extra, env)
+    }
+
     /// `llm-serve start` on `state_dir` with its own ports, plus `extra`.
     pub fn start_in(state_dir: PathBuf, extra: &[&str]) -> Daemon {
+        Daemon::start_in_env(state_dir, extra, &[])
+    }
+
+    fn start_in_env(state_dir: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let http_port = free_port();
         let admin_port = free_port();
         let mut args: Vec<String> = vec![
@@ -143,6 +154,10 @@ impl Daemon {
             state_dir,
             args,
             token,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             pid: None,
         };
         d.start_again();
@@ -154,6 +169,7 @@ impl Daemon {
         let out = Command::new(BIN)
             .arg("start")
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("run llm-serve start");
         assert!(

@@ -28,6 +28,8 @@ pub fn free_port() -> u16 {
 
 pub struct Server {
     pub base: String,
+    /// Its `--state-dir` (replica logs are under `logs/`).
+    pub state_dir: std::path::PathBuf,
     child: Child,
 }
 
@@ -68,6 +70,7 @@ impl Server {
             .expect("start llm-serve serve");
         let server = Server {
             base: format!("http://127.0.0.1:{port}"),
+            state_dir,
             child,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
