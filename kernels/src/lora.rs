@@ -387,17 +387,27 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_f16_avx2(a: &[f16], x: &[f32]) -> f32 {
         let n = a.len().min(x.len());
-        let mut s = _mm256_setzero_ps();
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut i = 0;
+        // SAFETY (every load below): `i + width <= n` and both slices hold
+        // `n`; f16 is 2 bytes, 8 of them one 128-bit load.
+        while i + 16 <= n {
+            unsafe {
+                let a0 = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(i) as *const __m128i));
+                let a1 = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(i + 8) as *const __m128i));
+                s0 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(x.as_ptr().add(i)), s0);
+                s1 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(x.as_ptr().add(i + 8)), s1);
+            }
+            i += 16;
+        }
         while i + 8 <= n {
-            // SAFETY: `i + 8 <= n`; f16 is 2 bytes, 8 of them one 128-bit load.
             unsafe {
                 let av = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(i) as *const __m128i));
-                s = _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), s);
+                s0 = _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), s0);
             }
             i += 8;
         }
-        let mut sum = unsafe { hsum256(s) };
+        let mut sum = unsafe { hsum256(_mm256_add_ps(s0, s1)) };
         for j in i..n {
             sum += a[j].to_f32() * x[j];
         }

@@ -10,7 +10,16 @@ use std::path::{Path, PathBuf};
 
 pub struct SafetensorsStore {
     shards: Vec<(PathBuf, Mmap)>,
-    index: HashMap<String, usize>,
+    /// Each tensor's shard, dtype, shape and bytes within the shard, read
+    /// from the headers once (a header lists every tensor of its shard).
+    index: HashMap<String, Entry>,
+}
+
+struct Entry {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: std::ops::Range<usize>,
 }
 
 impl SafetensorsStore {
@@ -26,9 +35,20 @@ impl SafetensorsStore {
                 what: "safetensors file",
                 detail: e.to_string(),
             })?;
-            for name in st.names() {
-                index.insert(name.to_string(), i);
+            let base = map.as_ptr() as usize;
+            for (name, view) in st.tensors() {
+                let start = view.data().as_ptr() as usize - base;
+                index.insert(
+                    name,
+                    Entry {
+                        shard: i,
+                        dtype: view.dtype(),
+                        shape: view.shape().to_vec(),
+                        bytes: start..start + view.data().len(),
+                    },
+                );
             }
+            drop(st);
             shards.push((path.clone(), map));
         }
         Ok(SafetensorsStore { shards, index })
@@ -51,20 +71,18 @@ impl SafetensorsStore {
     }
 
     fn tensor(&self, name: &str) -> Result<(&Path, WeightType, Vec<usize>, &[u8])> {
-        let &i = self.index.get(name).ok_or_else(|| ModelError::Tensor {
+        let entry = self.index.get(name).ok_or_else(|| ModelError::Tensor {
             path: self.first_path().to_path_buf(),
             name: name.to_string(),
             detail: "missing from the checkpoint".into(),
         })?;
-        let (path, map) = &self.shards[i];
+        let (path, map) = &self.shards[entry.shard];
         let err = |detail: String| ModelError::Tensor {
             path: path.clone(),
             name: name.to_string(),
             detail,
         };
-        let st = SafeTensors::deserialize(map).map_err(|e| err(e.to_string()))?;
-        let view = st.tensor(name).map_err(|e| err(e.to_string()))?;
-        let wtype = match view.dtype() {
+        let wtype = match entry.dtype {
             Dtype::F32 => WeightType::F32,
             Dtype::F16 => WeightType::F16,
             Dtype::BF16 => WeightType::BF16,
@@ -74,7 +92,15 @@ impl SafetensorsStore {
                 )))
             }
         };
-        Ok((path, wtype, view.shape().to_vec(), view.data()))
+        let data = map
+            .get(entry.bytes.clone())
+            .ok_or_else(|| err("its bytes lie outside the file".into()))?;
+        Ok((path, wtype, entry.shape.clone(), data))
+    }
+
+    /// A tensor's type, shape and raw little-endian bytes.
+    pub fn raw(&self, name: &str) -> Result<(WeightType, Vec<usize>, &[u8])> {
+        self.tensor(name).map(|(_, w, d, b)| (w, d, b))
     }
 
     pub fn matrix(&self, name: &str) -> Result<QMatrix> {

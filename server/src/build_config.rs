@@ -3,6 +3,7 @@
 //! config checked the way `deploy` will check it).
 
 use crate::cli::{BuildArgs, CheckArgs};
+use crate::config::llm::LoraConfig;
 use crate::config::{self, build, ServeDeploySchema};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -17,11 +18,19 @@ pub fn build(args: BuildArgs) -> Result<()> {
             }
             _ => (model_id_of(m), m.clone()),
         };
-        llm_configs.push(json!({
+        let mut llm_config = json!({
             "model_loading_config": {"model_id": id, "model_source": source},
             "engine_kwargs": {},
             "deployment_config": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}},
-        }));
+        });
+        if let Some(dir) = &args.lora_dir {
+            // Ray Serve LLM's lora_config, every default written out.
+            llm_config["lora_config"] = serde_json::to_value(LoraConfig {
+                dynamic_lora_loading_path: Some(dir.clone()),
+                ..LoraConfig::with_capacity(args.max_num_adapters_per_replica)
+            })?;
+        }
+        llm_configs.push(llm_config);
     }
     let app = json!({
         "name": args.name,

@@ -72,6 +72,13 @@ pub struct BuildArgs {
     /// Where to write the YAML (default: standard output).
     #[arg(short = 'o', long)]
     pub output_path: Option<std::path::PathBuf>,
+    /// Serve LoRA adapters from this directory or URI (one subdirectory per
+    /// adapter): every model gets a `lora_config` with it.
+    #[arg(long)]
+    pub lora_dir: Option<String>,
+    /// Adapters kept loaded per replica, with `--lora-dir`.
+    #[arg(long, default_value_t = 16)]
+    pub max_num_adapters_per_replica: u32,
 }
 
 #[derive(Args, Debug)]

@@ -431,3 +431,45 @@ fn adapter_requests_follow_the_replica_that_holds_it_until_it_is_saturated() {
     }
     d.shutdown();
 }
+
+#[test]
+fn build_writes_a_lora_config_that_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("config.yaml");
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::daemon::BIN)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let built = run(&[
+        "build",
+        "default",
+        "--lora-dir",
+        "/srv/loras",
+        "--max-num-adapters-per-replica",
+        "4",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let yaml = std::fs::read_to_string(&out).unwrap();
+    for line in [
+        "dynamic_lora_loading_path: /srv/loras",
+        "max_num_adapters_per_replica: 4",
+        "download_timeout_s: 30.0",
+        "max_download_tries: 3",
+    ] {
+        assert!(yaml.contains(line), "{line} in {yaml}");
+    }
+    let checked = run(&["check", out.to_str().unwrap()]);
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}

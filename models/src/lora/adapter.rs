@@ -11,7 +11,7 @@ use crate::error::{ModelError, Result};
 use crate::safetensors_store::SafetensorsStore;
 use half::f16;
 use llm_serve_kernels::lora::{LoraMatrix, LoraPart, LoraValues, MAX_RANK};
-use llm_serve_kernels::WeightType;
+use llm_serve_kernels::{QMatrix, WeightType};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -262,6 +262,102 @@ fn parse_name(name: &str) -> Option<(usize, Projection, bool)> {
     }
 }
 
+/// A tensor's values in the form the adapter keeps them.
+enum Values {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+impl Values {
+    fn len(&self) -> usize {
+        match self {
+            Values::F16(v) => v.len(),
+            Values::F32(v) => v.len(),
+        }
+    }
+
+    /// The transpose of a `rows x cols` matrix, its rows taken in the
+    /// order `src` gives.
+    fn transposed(&self, rows: usize, cols: usize, src: impl Fn(usize) -> usize) -> Values {
+        fn t<T: Copy + Default>(
+            v: &[T],
+            rows: usize,
+            cols: usize,
+            src: impl Fn(usize) -> usize,
+        ) -> Vec<T> {
+            let mut out = vec![T::default(); rows * cols];
+            for j in 0..rows {
+                let row = &v[src(j) * cols..(src(j) + 1) * cols];
+                for (k, &x) in row.iter().enumerate() {
+                    out[k * rows + j] = x;
+                }
+            }
+            out
+        }
+        match self {
+            Values::F16(v) => Values::F16(t(v, rows, cols, src)),
+            Values::F32(v) => Values::F32(t(v, rows, cols, src)),
+        }
+    }
+
+    fn into_lora(self) -> LoraValues {
+        match self {
+            Values::F16(v) => LoraValues::F16(v),
+            Values::F32(v) => LoraValues::F32(v),
+        }
+    }
+}
+
+/// Reads a tensor's values as f16 (`half`) or f32; f16 files kept as f16
+/// are copied, not converted.
+fn decode(
+    store: &SafetensorsStore,
+    name: &str,
+    half: bool,
+) -> std::result::Result<(Vec<usize>, Values), String> {
+    let (wtype, dims, bytes) = store.raw(name).map_err(|e| e.to_string())?;
+    if dims.len() != 2 {
+        return Err(format!("{name} has shape {dims:?}, not a matrix"));
+    }
+    let values = match (wtype, half) {
+        (WeightType::F16, true) => Values::F16(
+            bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+        ),
+        (WeightType::F32, false) => Values::F32(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
+        _ => {
+            let m =
+                QMatrix::from_bytes(wtype, dims[0], dims[1], bytes).map_err(|e| e.to_string())?;
+            let v = m.to_f32();
+            if half {
+                let h: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+                if h.iter().any(|x| !x.is_finite()) {
+                    return Err(format!(
+                        "{name} has values outside float16's range; set lora_dtype to float32"
+                    ));
+                }
+                Values::F16(h)
+            } else {
+                Values::F32(v)
+            }
+        }
+    };
+    if values.len() != dims[0] * dims[1] {
+        return Err(format!(
+            "{name}: {} values for shape {dims:?}",
+            values.len()
+        ));
+    }
+    Ok((dims, values))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn load_proj(
     store: &SafetensorsStore,
@@ -275,20 +371,25 @@ fn load_proj(
     dtype: LoraDtype,
 ) -> std::result::Result<LoraProj, String> {
     let module = proj.module_path(layer);
-    let read = |name: &Option<String>| {
-        let name = name.as_deref().unwrap_or_default();
-        store.matrix(name).map_err(|e| e.to_string())
+    let (a_name, b_name) = (
+        names.a.as_deref().unwrap_or_default(),
+        names.b.as_deref().unwrap_or_default(),
+    );
+    let half = match dtype {
+        LoraDtype::F16 => true,
+        LoraDtype::F32 => false,
+        LoraDtype::Auto => [a_name, b_name]
+            .iter()
+            .any(|n| store.raw(n).is_ok_and(|(w, _, _)| w != WeightType::F32)),
     };
-    let (a, b) = (read(&names.a)?, read(&names.b)?);
+    let (a_dims, a) = decode(store, a_name, half)?;
+    let (b_dims, b) = decode(store, b_name, half)?;
     let (in_f, out_f) = proj.shape(cfg);
-    let rank = a.rows();
-    if a.cols() != in_f || b.rows() != out_f || b.cols() != rank {
+    let rank = a_dims[0];
+    if a_dims[1] != in_f || b_dims[0] != out_f || b_dims[1] != rank {
         return Err(format!(
             "{module}: lora_A is {} x {} and lora_B {} x {}, the base model needs r x {in_f} and {out_f} x r: the adapter was trained for another model",
-            a.rows(),
-            a.cols(),
-            b.rows(),
-            b.cols()
+            a_dims[0], a_dims[1], b_dims[0], b_dims[1]
         ));
     }
     if rank > max_rank {
@@ -302,44 +403,19 @@ fn load_proj(
             "{module}: the tensors have rank {rank}, adapter_config.json says {configured}"
         ));
     }
-    let keep_f16 = match dtype {
-        LoraDtype::F16 => true,
-        LoraDtype::F32 => false,
-        LoraDtype::Auto => a.wtype() != WeightType::F32 || b.wtype() != WeightType::F32,
-    };
-    let b_rows = b.to_f32();
     // Bt[k][j] = B[row(j)][k], with row(j) the HF row that GGUF row j came
-    // from.
-    let heads = match proj {
-        Projection::Q if permute_qk => Some(cfg.num_heads),
-        Projection::K if permute_qk => Some(cfg.num_kv_heads),
-        _ => None,
-    };
-    let mut bt = vec![0f32; rank * out_f];
-    for j in 0..out_f {
-        let src = match heads {
-            Some(_) => gguf_row_source(j, cfg.head_dim),
-            None => j,
-        };
-        for k in 0..rank {
-            bt[k * out_f + j] = b_rows[src * rank + k];
+    // from (q and k of a GGUF llama base).
+    let permuted = permute_qk && matches!(proj, Projection::Q | Projection::K);
+    let head_dim = cfg.head_dim;
+    let bt = b.transposed(out_f, rank, |j| {
+        if permuted {
+            gguf_row_source(j, head_dim)
+        } else {
+            j
         }
-    }
-    let values = |v: Vec<f32>, what: &str| -> std::result::Result<LoraValues, String> {
-        if !keep_f16 {
-            return Ok(LoraValues::F32(v));
-        }
-        let h: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
-        if h.iter().any(|x| !x.is_finite()) {
-            return Err(format!(
-                "{module}: {what} has values outside float16's range; set lora_dtype to float32"
-            ));
-        }
-        Ok(LoraValues::F16(h))
-    };
-    let a =
-        LoraMatrix::new(rank, in_f, values(a.to_f32(), "lora_A")?).map_err(|e| e.to_string())?;
-    let bt = LoraMatrix::new(rank, out_f, values(bt, "lora_B")?).map_err(|e| e.to_string())?;
+    });
+    let a = LoraMatrix::new(rank, in_f, a.into_lora()).map_err(|e| e.to_string())?;
+    let bt = LoraMatrix::new(rank, out_f, bt.into_lora()).map_err(|e| e.to_string())?;
     Ok(LoraProj {
         a,
         bt,
