@@ -70,8 +70,13 @@ fn greedy_tokens_match_llamacpp() {
         assert!(agree >= stable, "{name}: {agree} < stable prefix {stable}");
     }
     eprintln!("full matches: {full_matches:?}");
+    // Every case above already had to agree over its stable prefix and may
+    // diverge only at a near-tie. How many then run the whole 32 tokens
+    // depends on the dot-product kernel's summation order: on AVX-512 VNNI
+    // three or more cases do, on AVX2 two (capital_of_france and
+    // multi_turn_math; count_to_ten parts at a 0.16 margin on token 29).
     assert!(
-        full_matches.len() >= 3,
+        full_matches.len() >= 2,
         "only {full_matches:?} match llama.cpp for all 32 tokens"
     );
 }

@@ -12,7 +12,7 @@
 mod source;
 mod table;
 
-pub use source::{check_adapter_name, AdapterLocation};
+pub use source::{check_adapter_name, AdapterLocation, REMOTE_NOT_YET};
 pub use table::{AdapterTable, Admit};
 
 use crate::engine::{AdapterRef, Histogram};

@@ -11,6 +11,9 @@ const REMOTE_SCHEMES: [&str; 8] = [
     "s3://", "gs://", "gcs://", "az://", "azure://", "abfs://", "abfss://", "https://",
 ];
 
+/// Why a remote source is refused (downloads are not built yet).
+pub const REMOTE_NOT_YET: &str = "remote LoRA adapter sources (s3://, gs://, az://, abfss://, http(s)://) are not supported yet; copy the adapter into a local directory";
+
 /// An adapter's directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AdapterLocation {
@@ -93,7 +96,7 @@ impl AdapterLocation {
                 let _ = (cache_dir, timeout, tries);
                 Err(EngineError::AdapterLoad {
                     name: name.to_string(),
-                    message: format!("cannot download {uri}: remote adapter sources are not supported by this build"),
+                    message: format!("{uri}: {REMOTE_NOT_YET}"),
                 })
             }
         }

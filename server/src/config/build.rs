@@ -8,7 +8,7 @@ use super::llm::{LlmConfig, LoraConfig, ENGINE_NAMES};
 use super::resolve::{self, DeploymentConfig};
 use super::schema::{ApplicationSchema, DeploymentOptions, NumReplicas};
 use super::{from_value_at, ConfigError};
-use llm_serve_engine::adapters::{check_adapter_name, AdapterLocation};
+use llm_serve_engine::adapters::{check_adapter_name, AdapterLocation, REMOTE_NOT_YET};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -486,21 +486,21 @@ fn lora_of(
         }
         _ => {}
     }
+    let local = |field: &str, source: &str| -> Result<(), ConfigError> {
+        match AdapterLocation::parse(source) {
+            Ok(AdapterLocation::Local(_)) => Ok(()),
+            Ok(AdapterLocation::Remote(_)) => Err(ConfigError::at(at(field), REMOTE_NOT_YET)),
+            Err(e) => Err(ConfigError::at(at(field), e.to_string())),
+        }
+    };
     if let Some(p) = &l.dynamic_lora_loading_path {
-        AdapterLocation::parse(p).map_err(|e| {
-            ConfigError::at(at("lora_config.dynamic_lora_loading_path"), e.to_string())
-        })?;
+        local("lora_config.dynamic_lora_loading_path", p)?;
         l.dynamic_lora_loading_path = Some(p.trim().trim_end_matches('/').to_string());
     }
     for (name, source) in &l.lora_modules {
-        check_adapter_name(name)
-            .and_then(|()| AdapterLocation::parse(source).map(drop))
-            .map_err(|e| {
-                ConfigError::at(
-                    at(&format!("lora_config.lora_modules.{name}")),
-                    e.to_string(),
-                )
-            })?;
+        let field = format!("lora_config.lora_modules.{name}");
+        check_adapter_name(name).map_err(|e| ConfigError::at(at(&field), e.to_string()))?;
+        local(&field, source)?;
     }
     Ok(Some(l))
 }

@@ -289,3 +289,89 @@ fn a_tokenizer_from_elsewhere_is_refused() {
         "applications[0].args.llm_configs[0].model_loading_config.tokenizer_source"
     );
 }
+
+#[test]
+fn lora_configs_are_checked_and_defaulted() {
+    let lora = |engine: Value, lora: Value| {
+        let mut extra = json!({"engine_kwargs": engine});
+        if !lora.is_null() {
+            extra["lora_config"] = lora;
+        }
+        check(
+            json!({"applications": [app("x", "/", vec![llm("m", extra)])]}),
+            None,
+        )
+    };
+    let spec_lora = |c: &Checked| c.apps[0].deployments[1].model().unwrap().lora.clone();
+    // No lora_config, no enable_lora: no LoRA.
+    assert_eq!(spec_lora(&lora(json!({}), Value::Null).unwrap()), None);
+    // enable_lora alone: Ray's defaults; max_loras sizes the LRU.
+    let on = spec_lora(&lora(json!({"enable_lora": true}), Value::Null).unwrap()).unwrap();
+    assert_eq!(
+        (
+            on.max_num_adapters_per_replica,
+            on.download_timeout_s,
+            on.max_download_tries
+        ),
+        (16, Some(30.0), 3)
+    );
+    let four = spec_lora(&lora(json!({"max_loras": 4}), Value::Null).unwrap()).unwrap();
+    assert_eq!(four.max_num_adapters_per_replica, 4);
+    // A lora_config: trailing slash dropped, a non-positive timeout is none.
+    let l = spec_lora(
+        &lora(
+            json!({}),
+            json!({"dynamic_lora_loading_path": "/srv/loras/", "download_timeout_s": 0}),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(l.dynamic_lora_loading_path.as_deref(), Some("/srv/loras"));
+    assert_eq!(l.download_timeout_s, None);
+    // Refusals name the field.
+    let cases = [
+        (
+            json!({"max_loras": 4}),
+            json!({"max_num_adapters_per_replica": 8}),
+            "engine_kwargs.max_loras",
+        ),
+        (
+            json!({}),
+            json!({"max_num_adapters_per_replica": 0}),
+            "max_num_adapters_per_replica",
+        ),
+        (
+            json!({}),
+            json!({"max_download_tries": 0}),
+            "max_download_tries",
+        ),
+        (
+            json!({}),
+            json!({"dynamic_lora_loading_path": "ftp://x"}),
+            "dynamic_lora_loading_path",
+        ),
+        (
+            json!({}),
+            json!({"dynamic_lora_loading_path": "s3://bucket/loras"}),
+            "not supported yet",
+        ),
+        (
+            json!({}),
+            json!({"lora_modules": {"a/b": "/x"}}),
+            "lora_modules.a/b",
+        ),
+        (
+            json!({}),
+            json!({"lora_modules": {"a": "gs://b/a"}}),
+            "lora_modules.a",
+        ),
+        (json!({}), json!({"unknown": 1}), "unknown"),
+        (json!({"max_lora_rank": 0}), Value::Null, "max_lora_rank"),
+        (json!({"max_lora_rank": 1024}), Value::Null, "max_lora_rank"),
+        (json!({"lora_dtype": "int4"}), Value::Null, "lora_dtype"),
+    ];
+    for (engine, l, needle) in cases {
+        let e = lora(engine.clone(), l.clone()).unwrap_err().to_string();
+        assert!(e.contains(needle), "{engine} {l}: {e}");
+    }
+}
